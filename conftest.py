@@ -1,0 +1,3 @@
+"""Loads the csm-conformance plugin for every test under this directory."""
+
+pytest_plugins = ["csm_conformance.plugin", "pytester"]

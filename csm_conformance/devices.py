@@ -1,0 +1,220 @@
+"""The one place that knows about device kinds (npu, cuda, xpu, mps, cpu).
+
+Tests and the rest of the package call these functions and never branch on device type, so the
+NPU path differs from CUDA's only inside this module, and only where torch_npu really differs:
+it must be imported after transformers, its allocator setting must be in the environment before
+that import, and its module is `torch.npu`. Everything else goes through `torch.accelerator`
+where the installed torch has it, then through `torch.get_device_module(type)`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from dataclasses import dataclass
+
+AUTO_ORDER = ("npu", "cuda", "xpu", "mps")
+KNOWN_TYPES = AUTO_ORDER + ("cpu",)
+
+
+class DeviceError(RuntimeError):
+    """A device that was asked for cannot be used; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    spec: str  # what the user asked for, e.g. "auto" or "npu:1"
+    device: str  # resolved torch device string, e.g. "npu:1"
+    type: str
+    name: str
+    count: int  # devices of this type visible to the process
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.type}|{self.name}|x{self.count}"
+
+
+def _import_npu_backend() -> bool:
+    """Import torch_npu the documented way; False when it is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch_npu") is None:
+        return False
+    os.environ.setdefault("PYTORCH_NPU_ALLOC_CONF", "expandable_segments:True")
+    import transformers  # noqa: F401  (torch_npu must come after transformers)
+
+    try:
+        import torch_npu  # noqa: F401
+    except Exception as exc:  # CANN runtime missing, version mismatch with torch, ...
+        raise DeviceError(f"torch_npu is installed but failed to import ({type(exc).__name__}: {exc})") from None
+    return True
+
+
+def _module(device_type: str):
+    import torch
+
+    if device_type == "cpu":
+        return None
+    try:
+        return torch.get_device_module(device_type)
+    except (RuntimeError, AttributeError):
+        return getattr(torch, device_type, None)
+
+
+def _available(device_type: str) -> int:
+    """How many devices of this type can be used (0 when none)."""
+    if device_type == "cpu":
+        return 1
+    if device_type == "npu" and not _import_npu_backend():
+        return 0
+    mod = _module(device_type)
+    if mod is None or not hasattr(mod, "is_available"):
+        return 0
+    try:
+        if not mod.is_available():
+            return 0
+        return int(mod.device_count()) if hasattr(mod, "device_count") else 1
+    except Exception:
+        return 0
+
+
+def parse_spec(spec: str) -> tuple[str, int | None]:
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return "auto", None
+    kind, _, index = spec.partition(":")
+    if kind not in KNOWN_TYPES:
+        raise DeviceError(f"unknown device '{spec}': use auto, cpu, or one of {', '.join(AUTO_ORDER)} with an optional :index")
+    if index and not index.isdigit():
+        raise DeviceError(f"bad device index in '{spec}': expected e.g. {kind}:0")
+    return kind, int(index) if index else None
+
+
+def resolve(spec: str = "auto", require_accelerator: bool = False, worker_index: int | None = None) -> DeviceInfo:
+    """Turn a device spec into a usable device, or raise DeviceError with the reason.
+
+    `auto` prefers npu > cuda > xpu > mps > cpu. An explicit device that is missing is always an
+    error (never a silent CPU run); with `require_accelerator`, so is `auto` finding only a CPU.
+    `worker_index` (the pytest-xdist worker number) picks device K for worker K when no index is given.
+    """
+    kind, index = parse_spec(spec)
+    if kind == "auto":
+        for candidate in AUTO_ORDER:
+            if _available(candidate):
+                kind = candidate
+                break
+        else:
+            if require_accelerator:
+                raise DeviceError("no accelerator found (looked for npu, cuda, xpu, mps) and --csm-require-device is set")
+            kind = "cpu"
+    count = _available(kind)
+    if count == 0:
+        hint = " (is torch_npu installed with the CANN runtime?)" if kind == "npu" else ""
+        raise DeviceError(f"device '{spec}' was asked for but no {kind} device is available{hint}")
+    if kind != "cpu":
+        if index is None:
+            index = (worker_index or 0) % count
+        if index >= count:
+            raise DeviceError(f"device '{spec}' was asked for but only {count} {kind} device(s) exist")
+    device = kind if kind == "cpu" else f"{kind}:{index}"
+    return DeviceInfo(spec=spec, device=device, type=kind, name=device_name(device), count=count)
+
+
+def device_name(device: str) -> str:
+    kind = device.split(":")[0]
+    if kind == "cpu":
+        return _cpu_name()
+    mod = _module(kind)
+    try:
+        return str(mod.get_device_name(device))
+    except Exception:
+        return kind
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued work, so host clocks around a region measure the device's work."""
+    import torch
+
+    kind = device.split(":")[0]
+    if kind == "cpu":
+        return
+    accel = getattr(torch, "accelerator", None)
+    if accel is not None and hasattr(accel, "synchronize"):
+        try:
+            accel.synchronize(torch.device(device))
+            return
+        except Exception:
+            pass
+    _module(kind).synchronize(device)
+
+
+def _memory_call(device: str, name: str, *args):
+    """torch.accelerator.memory where it reaches the allocator, else the backend module.
+
+    torch.accelerator's statistics were reported not to reach the NPU allocator, so for npu the
+    backend module (`torch.npu`) is asked first.
+    """
+    import torch
+
+    kind = device.split(":")[0]
+    mod = _module(kind)
+    accel_mem = getattr(getattr(torch, "accelerator", None), "memory", None)
+    sources = [mod, accel_mem] if kind == "npu" else [accel_mem, mod]
+    for source in sources:
+        fn = getattr(source, name, None)
+        if fn is None:
+            continue
+        try:
+            return fn(torch.device(device), *args)
+        except Exception:
+            continue
+    return None
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.split(":")[0] != "cpu":
+        _memory_call(device, "reset_peak_memory_stats")
+
+
+def peak_memory_bytes(device: str) -> int | None:
+    """Peak allocated device memory since the last reset; process peak RSS on the CPU; None if unknown (mps)."""
+    if device.split(":")[0] == "cpu":
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    value = _memory_call(device, "max_memory_allocated")
+    return None if value is None else int(value)
+
+
+def empty_cache(device: str) -> None:
+    kind = device.split(":")[0]
+    if kind != "cpu":
+        getattr(_module(kind), "empty_cache", lambda: None)()
+
+
+def software_versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    if "torch_npu" in sys.modules:
+        versions["torch_npu"] = getattr(sys.modules["torch_npu"], "__version__", "unknown")
+    if torch.version.cuda:
+        versions["cuda"] = torch.version.cuda
+    return versions

@@ -1,0 +1,109 @@
+"""Agreement metrics between a device output and the CPU float32 reference.
+
+All arithmetic is done in float64 on the CPU so that the metric itself adds no error. Relative
+error is norm-wise (‖Δ‖/‖ref‖): the element-wise form blows up wherever the reference is near
+zero, which made the seed's "16.8 %" figures unreadable.
+
+Each metric has a direction. `ERROR_FORM` maps a value to a non-negative error (0 = perfect) so
+that bounds can be recorded and compared the same way for every metric.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+# name -> (better, error form)
+_IDENTITY: Callable[[float], float] = lambda v: v  # noqa: E731
+METRICS: dict[str, tuple[str, Callable[[float], float], Callable[[float], float]]] = {
+    # higher is better: error = 1 - value
+    "cosine": ("higher", lambda v: 1.0 - v, lambda e: 1.0 - e),
+    "worst_position_cosine": ("higher", lambda v: 1.0 - v, lambda e: 1.0 - e),
+    "argmax_agreement": ("higher", lambda v: 1.0 - v, lambda e: 1.0 - e),
+    "code_agreement": ("higher", lambda v: 1.0 - v, lambda e: 1.0 - e),
+    # SNR in dB: error = noise-to-signal power ratio
+    "snr_db": ("higher", lambda v: 10.0 ** (-v / 10.0), lambda e: -10.0 * math.log10(e) if e > 0 else math.inf),
+    # lower is better: the value is the error
+    "rel_error": ("lower", _IDENTITY, _IDENTITY),
+    "mae": ("lower", _IDENTITY, _IDENTITY),
+    "max_abs_error": ("lower", _IDENTITY, _IDENTITY),
+    "kl_divergence": ("lower", _IDENTITY, _IDENTITY),
+}
+
+
+def to_error(metric: str, value: float) -> float:
+    return METRICS[metric][1](value)
+
+
+def from_error(metric: str, error: float) -> float:
+    return METRICS[metric][2](error)
+
+
+def is_within(metric: str, value: float, bound: float) -> bool:
+    if math.isnan(value):
+        return False
+    return value >= bound if METRICS[metric][0] == "higher" else value <= bound
+
+
+def nonfinite_count(tensor: torch.Tensor) -> int:
+    if not tensor.is_floating_point():
+        return 0
+    return int((~torch.isfinite(tensor)).sum())
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", torch.float64)
+
+
+def cosine(ref: torch.Tensor, dev: torch.Tensor) -> float:
+    a, b = _f64(ref).flatten(), _f64(dev).flatten()
+    denom = a.norm() * b.norm()
+    if denom == 0:
+        return 1.0 if torch.equal(a, b) else 0.0
+    return float((a @ b) / denom)
+
+
+def logits_metrics(ref: torch.Tensor, dev: torch.Tensor) -> dict[str, float]:
+    """Metrics for logits shaped [..., vocab]: positions are all leading dims."""
+    a, b = _f64(ref), _f64(dev)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: reference {tuple(a.shape)} vs device {tuple(b.shape)}")
+    a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    diff = b2 - a2
+    per_pos = torch.nn.functional.cosine_similarity(a2, b2, dim=-1, eps=1e-30)
+    log_p = torch.log_softmax(a2, dim=-1)
+    log_q = torch.log_softmax(b2, dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    ref_norm = float(a2.norm())
+    return {
+        "cosine": cosine(a2, b2),
+        "worst_position_cosine": float(per_pos.min()),
+        "rel_error": float(diff.norm()) / ref_norm if ref_norm > 0 else float(diff.norm()),
+        "mae": float(diff.abs().mean()),
+        "max_abs_error": float(diff.abs().max()),
+        "argmax_agreement": float((a2.argmax(-1) == b2.argmax(-1)).double().mean()),
+        "kl_divergence": max(float(kl), 0.0),
+    }
+
+
+def waveform_metrics(ref: torch.Tensor, dev: torch.Tensor) -> dict[str, float]:
+    """Sample-aligned waveforms (the same codes decoded twice): SNR of the difference, and cosine."""
+    a, b = _f64(ref).flatten(), _f64(dev).flatten()
+    if a.shape != b.shape:
+        raise ValueError(f"length mismatch: reference {a.numel()} samples vs device {b.numel()}")
+    noise = float(((b - a) ** 2).sum())
+    signal = float((a**2).sum())
+    snr = math.inf if noise == 0 else 10.0 * math.log10(max(signal, 1e-300) / noise)
+    return {
+        "snr_db": snr,
+        "cosine": cosine(a, b),
+        "max_abs_error": float((b - a).abs().max()) if a.numel() else 0.0,
+    }
+
+
+def code_agreement(ref: torch.Tensor, dev: torch.Tensor) -> dict[str, float]:
+    if ref.shape != dev.shape:
+        raise ValueError(f"shape mismatch: reference codes {tuple(ref.shape)} vs device {tuple(dev.shape)}")
+    return {"code_agreement": float((ref.cpu() == dev.cpu()).double().mean())}

@@ -1,0 +1,122 @@
+"""The suite's options: one table, each with a command-line flag, an environment twin and an ini key.
+
+Precedence is command line > environment > pytest.ini > built-in default, so CI can steer a run
+with environment variables alone and a developer can still override any of them by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    env: str
+    default: object
+    help: str
+    kind: str = "str"  # str | bool | float | list
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+OPTIONS = [
+    Option("--csm-model", "CSM_MODEL", "tiny", "model under test: tiny (embedded), random-full, a local HF directory, or a hub id"),
+    Option("--csm-device", "CSM_DEVICE", "auto", "device under test: auto (npu > cuda > xpu > mps > cpu), cpu, npu[:i], cuda[:i], ..."),
+    Option("--csm-dtype", "CSM_DTYPE", "bfloat16", "dtype of the device model: bfloat16, float16 or float32"),
+    Option("--csm-require-device", "CSM_REQUIRE_DEVICE", False, "fail when auto finds no accelerator instead of running on the CPU", "bool"),
+    Option("--csm-strict", "CSM_STRICT", False, "a missing bound or golden reference fails instead of being reported", "bool"),
+    Option("--csm-cases", "CSM_CASES", "", "case catalogue YAML (default: tests/data/accuracy_cases.yaml)"),
+    Option("--csm-case", "CSM_CASE", [], "run only these case ids (repeatable, or comma-separated in the env var)", "list"),
+    Option("--csm-baselines", "CSM_BASELINES", "", "baselines directory (default: baselines/ at the repo root)"),
+    Option("--csm-output", "CSM_OUTPUT", "output", "directory for the JSON, summary and audio reports"),
+    Option("--csm-record-bounds", "CSM_RECORD_BOUNDS", False, "record per-case bounds from this run (which must be clean) instead of checking them", "bool"),
+    Option("--csm-bound-margin", "CSM_BOUND_MARGIN", 0.5, "relative margin added to measured errors when recording bounds", "float"),
+    Option("--csm-save-golden", "CSM_SAVE_GOLDEN", False, "save this stack's CPU reference outputs as the golden references", "bool"),
+    Option("--csm-min-cosine", "CSM_MIN_COSINE", 0.9999, "logits cosine every case must exceed, whatever its bounds", "float"),
+    Option("--csm-golden-min-cosine", "CSM_GOLDEN_MIN_COSINE", 0.99999, "cosine of today's CPU reference against the golden one", "float"),
+    Option("--csm-golden-max-rel-error", "CSM_GOLDEN_MAX_REL_ERROR", 1e-4, "relative error of today's CPU reference against the golden one", "float"),
+    Option("--csm-fault", "CSM_FAULT", [], "plant a fault in the device model (self-tests): weight:<param>[:<scale>], rope, nan:<module>", "list"),
+]
+
+
+class OptionError(ValueError):
+    """An option value is unusable; the message is one line."""
+
+
+def _convert(option: Option, raw, source: str):
+    if option.kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise OptionError(f"{source}: expected true/false, got '{raw}'")
+    if option.kind == "float":
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise OptionError(f"{source}: expected a number, got '{raw}'") from None
+    if option.kind == "list":
+        items = raw if isinstance(raw, list) else str(raw).split(",")
+        return [item.strip() for entry in items for item in str(entry).split(",") if item.strip()]
+    return str(raw)
+
+
+def resolve_option(option: Option, cli_value, environ: dict, ini_value) -> object:
+    """The effective value and where it came from."""
+    if cli_value not in (None, [], False):
+        return _convert(option, cli_value, option.flag)
+    if option.env in environ and environ[option.env] != "":
+        return _convert(option, environ[option.env], f"${option.env}")
+    if ini_value not in (None, "", []):
+        return _convert(option, ini_value, f"ini {option.dest}")
+    return option.default
+
+
+@dataclass
+class Settings:
+    csm_model: str = "tiny"
+    csm_device: str = "auto"
+    csm_dtype: str = "bfloat16"
+    csm_require_device: bool = False
+    csm_strict: bool = False
+    csm_cases: str = ""
+    csm_case: list = field(default_factory=list)
+    csm_baselines: str = ""
+    csm_output: str = "output"
+    csm_record_bounds: bool = False
+    csm_bound_margin: float = 0.5
+    csm_save_golden: bool = False
+    csm_min_cosine: float = 0.9999
+    csm_golden_min_cosine: float = 0.99999
+    csm_golden_max_rel_error: float = 1e-4
+    csm_fault: list = field(default_factory=list)
+
+    @property
+    def baselines_dir(self) -> Path:
+        return Path(self.csm_baselines) if self.csm_baselines else ROOT / "baselines"
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.csm_output)
+
+
+def settings_from(cli: dict, environ: dict | None = None, ini: dict | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    ini = ini or {}
+    values = {opt.dest: resolve_option(opt, cli.get(opt.dest), environ, ini.get(opt.dest)) for opt in OPTIONS}
+    settings = Settings(**values)
+    if not 0.0 < settings.csm_min_cosine <= 1.0:
+        raise OptionError(f"--csm-min-cosine must be in (0, 1], got {settings.csm_min_cosine}")
+    if settings.csm_bound_margin < 0:
+        raise OptionError(f"--csm-bound-margin must be >= 0, got {settings.csm_bound_margin}")
+    return settings

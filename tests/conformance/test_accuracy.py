@@ -1,0 +1,152 @@
+"""Device-vs-CPU accuracy conformance. Each body runs unchanged on every device and model:
+the `csm` fixture holds the device under test and the CPU float32 reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from csm_conformance import golden, metrics, probes, reporting
+from csm_conformance.bounds import BaselineError
+from csm_conformance.plugin import assert_passed
+
+pytestmark = pytest.mark.accuracy
+
+
+def test_backbone_logits(csm, prompt_case):
+    ref = csm.ref_backbone_logits(prompt_case)
+    dev = probes.backbone_logits(csm.target, prompt_case, context_codec=csm.reference)
+    result = csm.check_logits(prompt_case.id, "backbone_logits", ref, dev)
+    reporting.attach_json(f"{prompt_case.id} backbone_logits", result.as_dict())
+    assert_passed(result)
+
+
+def test_depth_decoder_logits(csm, prompt_case):
+    codes = csm.ref_codes(prompt_case)
+    ref = csm.ref_depth_logits(prompt_case)
+    dev = probes.depth_decoder_logits(csm.target, prompt_case, codes, context_codec=csm.reference)
+    result = csm.check_logits(prompt_case.id, "depth_logits", ref, dev)
+    reporting.attach_json(f"{prompt_case.id} depth_logits", result.as_dict())
+    assert_passed(result)
+
+
+def test_mimi_decode(csm, decode_case):
+    ref = csm.ref_decode(decode_case)
+    dev = probes.mimi_decode(csm.target, csm.codec_codes(decode_case))
+    result = csm.nonfinite_result(decode_case.id, "mimi_decode", reference=ref, device=dev)
+    if result is None:
+        result = csm.evaluate(decode_case.id, "mimi_decode", metrics.waveform_metrics(ref, dev))
+    reporting.attach_json(f"{decode_case.id} mimi_decode", result.as_dict())
+    reporting.attach_wav(f"{decode_case.id} device decode", dev.numpy())
+    assert_passed(result)
+
+
+def test_mimi_encode(csm, encode_case):
+    ref = csm.ref_encode(encode_case)
+    dev = probes.mimi_encode(csm.target, torch.from_numpy(encode_case.encode_audio.waveform()))
+    result = csm.evaluate(encode_case.id, "mimi_encode", metrics.code_agreement(ref, dev))
+    reporting.attach_json(f"{encode_case.id} mimi_encode", result.as_dict())
+    assert_passed(result)
+
+
+def test_seeded_generation(csm, generation_case):
+    """Fixed-length sampled generation on the device: finite, full-length, repeatable."""
+    frames = generation_case.generate_frames
+    codes_a, audio_a = probes.seeded_generation(csm.target, generation_case, frames, seed=0)
+    codes_b, _ = probes.seeded_generation(csm.target, generation_case, frames, seed=0)
+    codec = csm.target.model.codec_model.config
+    expected_samples = frames * round(codec.sampling_rate / codec.frame_rate)
+    vocab = csm.target.model.config.vocab_size
+    in_range = float(((codes_a >= 0) & (codes_a < vocab)).double().mean())
+    finite = 1.0 - metrics.nonfinite_count(audio_a) / max(audio_a.numel(), 1)
+    rms = float(audio_a.double().pow(2).mean().sqrt()) if finite == 1.0 else math.nan
+    result = csm.evaluate(
+        generation_case.id,
+        "generation",
+        {},
+        invariants={
+            "frames_generated": (codes_a.shape[0], "==", frames),
+            "audio_samples": (audio_a.numel(), "==", expected_samples),
+            "finite_fraction": (finite, "==", 1.0),
+            "audio_rms": (rms if math.isfinite(rms) else -1.0, ">=", 1e-6),  # not silence
+            "codes_in_range": (in_range, "==", 1.0),
+            "repeatable_with_seed": (float(torch.equal(codes_a, codes_b)), "==", 1.0),
+        },
+    )
+    out_dir = csm.settings.output_dir / "audio"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if finite == 1.0:
+        (out_dir / f"{generation_case.id}.wav").write_bytes(reporting.wav_bytes(audio_a.numpy()))
+        reporting.attach_wav(f"{generation_case.id} generated", audio_a.numpy())
+    assert_passed(result)
+
+
+def _golden_or_skip(csm, case_id):
+    path = csm.golden_file(case_id)
+    try:
+        stored = golden.load_golden(path)
+    except BaselineError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    if stored is None:
+        message = f"no golden reference for '{case_id}' at {path} (save one with --csm-save-golden)"
+        if csm.settings.csm_strict:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    tensors, meta = stored
+    digest = (meta.get("model") or {}).get("weights_digest")
+    if digest and digest != csm.identity.weights_digest:
+        pytest.fail(f"golden file {path} was saved for weights {digest}, this model's are {csm.identity.weights_digest}", pytrace=False)
+    return tensors, meta
+
+
+def _save_golden(csm, case_id, tensors):
+    golden.save_golden(csm.golden_file(case_id), tensors, csm.run_meta())
+    result = csm.evaluate(case_id, "golden_saved", {}, use_bounds=False)
+    result.status = "saved"
+
+
+def test_reference_drift_prompt(csm, prompt_case):
+    """Today's CPU reference against the golden one saved on a known-good stack."""
+    if csm.settings.csm_save_golden:
+        codes = csm.ref_codes(prompt_case)
+        _save_golden(csm, prompt_case.id, {
+            "backbone_logits": csm.ref_backbone_logits(prompt_case),
+            "depth_codes": codes,
+            "depth_logits": csm.ref_depth_logits(prompt_case),
+        })
+        return
+    tensors, meta = _golden_or_skip(csm, prompt_case.id)
+    now_logits = csm.ref_backbone_logits(prompt_case)
+    if now_logits.shape != tensors["backbone_logits"].shape:
+        pytest.fail(f"{prompt_case.id}: prompt tokenizes to {now_logits.shape[0]} positions now, "
+                    f"{tensors['backbone_logits'].shape[0]} in the golden reference (tokenizer or template drift)", pytrace=False)
+    values = {f"backbone_{k}": v for k, v in metrics.logits_metrics(tensors["backbone_logits"], now_logits).items()}
+    depth_now = csm.ref_depth_logits(prompt_case, codes=tensors["depth_codes"])
+    values.update({f"depth_{k}": v for k, v in metrics.logits_metrics(tensors["depth_logits"], depth_now).items()})
+    values["greedy_code_agreement"] = metrics.code_agreement(tensors["depth_codes"], csm.ref_codes(prompt_case))["code_agreement"]
+    s = csm.settings
+    result = csm.evaluate(
+        prompt_case.id, "golden_drift", values, use_bounds=False,
+        invariants={
+            "backbone_cosine": (values["backbone_cosine"], ">=", s.csm_golden_min_cosine),
+            "depth_cosine": (values["depth_cosine"], ">=", s.csm_golden_min_cosine),
+            "backbone_rel_error": (values["backbone_rel_error"], "<=", s.csm_golden_max_rel_error),
+            "depth_rel_error": (values["depth_rel_error"], "<=", s.csm_golden_max_rel_error),
+        },
+    )
+    if result.status == "failed":
+        result.messages.append(f"golden saved with {meta.get('versions')}")
+    assert_passed(result)
+
+
+def test_reference_drift_codec(csm, decode_case):
+    if csm.settings.csm_save_golden:
+        _save_golden(csm, decode_case.id, {"decode_audio": csm.ref_decode(decode_case)})
+        return
+    tensors, _ = _golden_or_skip(csm, decode_case.id)
+    values = metrics.waveform_metrics(tensors["decode_audio"], csm.ref_decode(decode_case))
+    result = csm.evaluate(decode_case.id, "golden_drift", values, use_bounds=False,
+                          invariants={"cosine": (values["cosine"], ">=", csm.settings.csm_golden_min_cosine)})
+    assert_passed(result)

@@ -1,0 +1,64 @@
+"""Recording, storing and judging per-case bounds."""
+
+import json
+
+import pytest
+
+from csm_conformance import bounds, metrics
+
+pytestmark = pytest.mark.selftest
+
+
+def test_recorded_bound_gives_margin_in_error_form():
+    # cosine 0.99996 -> error 4e-5 -> with 50 % margin 6e-5 (+1e-7 floor)
+    assert bounds.bound_from_measurement("cosine", 0.99996, 0.5) == pytest.approx(1 - 6.01e-5)
+    assert bounds.bound_from_measurement("rel_error", 0.008, 0.5) == pytest.approx(0.012 + 1e-6)
+    assert bounds.bound_from_measurement("argmax_agreement", 0.95, 1.0) == pytest.approx(0.90)
+    # SNR 40 dB with 100 % margin: noise ratio doubles -> about 37 dB
+    assert bounds.bound_from_measurement("snr_db", 40.0, 1.0) == pytest.approx(36.99, abs=0.01)
+
+
+def test_exact_match_still_gets_a_floor():
+    assert bounds.bound_from_measurement("rel_error", 0.0, 0.5) == bounds.FLOORS["rel_error"]
+    assert bounds.bound_from_measurement("cosine", 1.0, 0.5) < 1.0
+
+
+def test_every_metric_has_a_floor():
+    assert set(bounds.FLOORS) == set(metrics.METRICS)
+
+
+def test_round_trip_and_judgement(tmp_path):
+    doc = bounds.build_bounds({"short_en": {"backbone_logits": {"cosine": 0.99996, "rel_error": 0.008}}}, 0.5,
+                              {"model": {"weights_digest": "sha256:abc"}})
+    path = tmp_path / "b.json"
+    bounds.write_bounds(path, doc)
+    book = bounds.BoundsBook.load(path)
+    b = book.bound("short_en", "backbone_logits", "rel_error")
+    assert metrics.is_within("rel_error", 0.0119, b)
+    assert not metrics.is_within("rel_error", 0.0121, b)
+    assert book.bound("short_en", "depth_logits", "rel_error") is None
+    book.check_weights("sha256:abc")
+    with pytest.raises(bounds.BaselineError, match="re-record"):
+        book.check_weights("sha256:other")
+
+
+def test_missing_file_is_none_and_corrupt_file_is_one_line_error(tmp_path):
+    assert bounds.BoundsBook.load(tmp_path / "absent.json") is None
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(bounds.BaselineError, match="corrupt") as err:
+        bounds.BoundsBook.load(bad)
+    assert "\n" not in str(err.value)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"schema": 1, "cases": {"a": {"b": {"cosine": {"bound": "high"}}}}}))
+    with pytest.raises(bounds.BaselineError, match="bad entry"):
+        bounds.BoundsBook.load(wrong)
+
+
+def test_merge_keeps_cases_not_measured(tmp_path):
+    path = tmp_path / "b.json"
+    bounds.write_bounds(path, bounds.build_bounds({"a": {"c": {"mae": 0.1}}}, 0.5, {}))
+    old = bounds.BoundsBook.load(path)
+    bounds.write_bounds(path, bounds.build_bounds({"b": {"c": {"mae": 0.2}}}, 0.5, {}), merge_with=old)
+    merged = bounds.BoundsBook.load(path)
+    assert merged.bound("a", "c", "mae") is not None and merged.bound("b", "c", "mae") is not None

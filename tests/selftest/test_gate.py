@@ -1,0 +1,141 @@
+"""The gate itself, run end to end with pytester: a clean run passes, planted faults fail it,
+and bad input ends the run with one line and a non-zero exit (never a silent pass)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.selftest
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--csm-case", "short_en", "--csm-case", "multi_turn_ctx", "--csm-case", "decode_2s"]
+
+
+def run_suite(pytester: pytest.Pytester, *args: str, baselines: Path | None = None) -> pytest.RunResult:
+    """The real conformance tests, with the repo's pytest.ini and conftest, in a scratch cwd."""
+    extra = ["--csm-baselines", str(baselines)] if baselines else []
+    return pytester.runpytest_subprocess(
+        str(ROOT / "tests" / "conformance"), "-c", str(ROOT / "pytest.ini"), "--rootdir", str(ROOT),
+        "-p", "no:cacheprovider", "-p", "no:randomly", "--csm-output", str(pytester.path / "output"),
+        *extra, *args,
+    )
+
+
+def one_line_error(result: pytest.RunResult, needle: str) -> None:
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret not in (0, 1), f"expected a setup error, got exit {result.ret}"
+    assert needle in text, text[-2000:]
+    assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture
+def baselines_copy(tmp_path):
+    target = tmp_path / "baselines"
+    shutil.copytree(ROOT / "baselines", target)
+    return target
+
+
+def test_clean_run_passes_and_reports(pytester):
+    result = run_suite(pytester, *FAST)
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    out = result.stdout.str()
+    assert "csm-conformance: model tiny -> embedded-tiny-csm" in out
+    assert "NOT a real-weight result" in out
+    assert "csm-conformance accuracy summary" in out
+    report = json.loads((pytester.path / "output" / "accuracy_evaluation.json").read_text())
+    assert report["model"]["kind"] == "embedded-tiny"
+    statuses = {(r["case"], r["check"]): r["status"] for r in report["results"]}
+    assert statuses[("short_en", "backbone_logits")] == "passed"
+    assert statuses[("multi_turn_ctx", "depth_logits")] == "passed"
+    assert all(s in ("passed",) for s in statuses.values()), statuses
+    assert (pytester.path / "output" / "accuracy_summary.txt").exists()
+
+
+@pytest.mark.parametrize("fault,failing", [
+    ("weight:lm_head.weight:1e-2", "test_backbone_logits[short_en]"),
+    ("weight:backbone_model.layers.0.self_attn.q_proj.weight:3e-2", "test_backbone_logits[short_en]"),
+    ("rope", "test_backbone_logits[short_en]"),
+    ("weight:codec_model.decoder.layers.0.conv.weight:1e-2", "test_mimi_decode[decode_2s]"),
+])
+def test_planted_fault_fails_the_gate(pytester, fault, failing):
+    result = run_suite(pytester, *FAST, "--csm-fault", fault)
+    assert result.ret == 1, result.stdout.str()[-3000:]
+    failed = [line for line in result.stdout.lines if line.startswith("FAILED")]
+    assert any(failing in line for line in failed), failed
+    result.stdout.fnmatch_lines(["*PLANTED FAULT*"])
+
+
+def test_nan_in_outputs_is_red_with_one_line(pytester):
+    result = run_suite(pytester, *FAST, "--csm-fault", "nan:backbone_model.layers.0")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*non-finite values (NaN/Inf)*"])
+    result.stdout.fnmatch_lines(["*the device model raised RuntimeError*"])
+
+
+def test_missing_bounds_reported_and_strict_fails(pytester, tmp_path):
+    empty = tmp_path / "empty_baselines"
+    empty.mkdir()
+    lenient = run_suite(pytester, "--csm-case", "short_en", baselines=empty)
+    assert lenient.ret == 0
+    lenient.stdout.fnmatch_lines(["*no bound stored*"])
+    strict = run_suite(pytester, "--csm-case", "short_en", "--csm-strict", baselines=empty)
+    assert strict.ret == 1
+    strict.stdout.fnmatch_lines(["*no bound stored*", "*no golden reference*"])
+
+
+def test_recording_refuses_a_faulted_run(pytester, baselines_copy):
+    before = (baselines_copy / "accuracy").rglob("*.json")
+    snapshot = {p: p.read_bytes() for p in before}
+    result = run_suite(pytester, *FAST, "--csm-record-bounds", "--csm-fault", "rope", baselines=baselines_copy)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*bounds NOT recorded*"])
+    assert {p: p.read_bytes() for p in snapshot} == snapshot
+
+
+def test_recording_writes_bounds_that_the_next_run_uses(pytester, tmp_path):
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    rec = run_suite(pytester, "--csm-case", "short_en", "--csm-record-bounds", baselines=fresh)
+    assert rec.ret == 0, rec.stdout.str()[-2000:]
+    stored = json.loads(next((fresh / "accuracy").rglob("*.json")).read_text())
+    assert stored["margin"] == 0.5 and "short_en" in stored["cases"]
+    again = run_suite(pytester, "--csm-case", "short_en", "-k", "not drift", baselines=fresh)
+    assert again.ret == 0 and "no bound stored for" not in again.stdout.str()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--csm-model", "/nonexistent/csm-1b"], "model path /nonexistent/csm-1b does not exist"),
+    (["--csm-device", "cuda:0"], "no cuda device is available"),
+    (["--csm-device", "auto", "--csm-require-device"], "no accelerator found"),
+    (["--csm-case", "nope"], "unknown case id 'nope'"),
+    (["--csm-dtype", "int4"], "unknown dtype 'int4'"),
+])
+def test_bad_input_is_one_line_and_red(pytester, args, needle):
+    result = run_suite(pytester, *args)
+    one_line_error(result, needle)
+
+
+def test_corrupt_bounds_file_is_one_line_and_red(pytester, baselines_copy):
+    target = next((baselines_copy / "accuracy").rglob("cpu-bfloat16.json"))
+    target.write_text('{"schema": 1, "cases": ')
+    one_line_error(run_suite(pytester, *FAST, baselines=baselines_copy), "is corrupt")
+
+
+def test_corrupt_golden_file_fails_its_test(pytester, baselines_copy):
+    target = next((baselines_copy / "golden").rglob("short_en.safetensors"))
+    target.write_bytes(b"\x00\x01garbage")
+    result = run_suite(pytester, "--csm-case", "short_en", baselines=baselines_copy)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*golden file*short_en.safetensors is corrupt*"])
+
+
+def test_weights_mismatch_against_stored_bounds(pytester, baselines_copy):
+    target = next((baselines_copy / "accuracy").rglob("cpu-bfloat16.json"))
+    data = json.loads(target.read_text())
+    data["model"]["weights_digest"] = "sha256:0000000000000000"
+    target.write_text(json.dumps(data))
+    one_line_error(run_suite(pytester, "--csm-case", "short_en", baselines=baselines_copy), "were recorded on weights")

@@ -1,0 +1,71 @@
+"""Option parsing: precedence, conversions, and one-line errors."""
+
+import pytest
+
+from csm_conformance import devices, models
+from csm_conformance.options import OptionError, settings_from
+
+pytestmark = pytest.mark.selftest
+
+
+def test_defaults():
+    s = settings_from({}, environ={})
+    assert (s.csm_model, s.csm_device, s.csm_dtype, s.csm_strict) == ("tiny", "auto", "bfloat16", False)
+    assert s.csm_min_cosine == 0.9999
+
+
+def test_precedence_cli_over_env_over_ini():
+    ini = {"csm_dtype": "float16", "csm_min_cosine": "0.999"}
+    assert settings_from({}, environ={}, ini=ini).csm_dtype == "float16"
+    assert settings_from({}, environ={"CSM_DTYPE": "float32"}, ini=ini).csm_dtype == "float32"
+    assert settings_from({"csm_dtype": "bfloat16"}, environ={"CSM_DTYPE": "float32"}, ini=ini).csm_dtype == "bfloat16"
+    assert settings_from({}, environ={}, ini=ini).csm_min_cosine == 0.999
+
+
+def test_env_bools_lists_and_numbers():
+    s = settings_from({}, environ={"CSM_STRICT": "yes", "CSM_CASE": "short_en, chinese", "CSM_BOUND_MARGIN": "0.25"})
+    assert s.csm_strict is True and s.csm_case == ["short_en", "chinese"] and s.csm_bound_margin == 0.25
+
+
+@pytest.mark.parametrize("env,match", [
+    ({"CSM_STRICT": "maybe"}, "true/false"),
+    ({"CSM_MIN_COSINE": "high"}, "number"),
+    ({"CSM_MIN_COSINE": "1.5"}, r"\(0, 1\]"),
+    ({"CSM_BOUND_MARGIN": "-1"}, ">= 0"),
+])
+def test_bad_values_are_one_line_errors(env, match):
+    with pytest.raises(OptionError, match=match) as err:
+        settings_from({}, environ=env)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("spec,match", [("gpu", "unknown device"), ("cuda:x", "bad device index")])
+def test_bad_device_specs(spec, match):
+    with pytest.raises(devices.DeviceError, match=match):
+        devices.parse_spec(spec)
+
+
+def test_missing_accelerator_is_an_error_not_a_cpu_fallback():
+    with pytest.raises(devices.DeviceError, match="no cuda device is available"):
+        devices.resolve("cuda") if not devices._available("cuda") else pytest.skip("this machine has CUDA")
+
+
+def test_cpu_resolves_and_dtypes_parse():
+    info = devices.resolve("cpu")
+    assert info.device == "cpu" and info.type == "cpu"
+    assert models.parse_dtype("bf16") is models.DTYPES["bfloat16"]
+    with pytest.raises(models.ModelError, match="unknown dtype"):
+        models.parse_dtype("int4")
+
+
+@pytest.mark.parametrize("setup,match", [
+    (lambda p: p, "does not exist"),
+    (lambda p: (p.mkdir(), p)[1], "no config.json"),
+    (lambda p: (p.mkdir(), (p / "config.json").write_text('{"model_type": "llama"}'), p)[2], "not 'csm'"),
+    (lambda p: (p.mkdir(), (p / "config.json").write_text("{oops"), p)[2], "not valid JSON"),
+    (lambda p: (p.mkdir(), (p / "config.json").write_text('{"model_type": "csm"}'), p)[2], "no weight files"),
+])
+def test_bad_model_directories(tmp_path, setup, match):
+    path = setup(tmp_path / "model")
+    with pytest.raises(models.ModelError, match=match):
+        models.ModelSource(str(path))
