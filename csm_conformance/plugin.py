@@ -86,17 +86,19 @@ def csm(request: pytest.FixtureRequest) -> ConformanceSession:
         request.config.stash[SETUP_ERROR_KEY] = str(exc)
         pytest.exit(f"csm-conformance: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
         ref, dev = session.reference, session.target
-        reporter.write_line("")
-        reporter.write_line(f"csm-conformance: loaded {ref.identity.describe()}")
-        reporter.write_line(
-            f"csm-conformance: reference cpu float32 in {ref.load_seconds:.1f} s; "
-            f"device {dev.device} {session.dtype_name} in {dev.load_seconds:.1f} s"
-            + (f"; {'; '.join(dev.notes)}" if dev.notes else "")
-        )
-        for note in session.fault_notes:
-            reporter.write_line(f"csm-conformance: PLANTED FAULT: {note}", red=True)
+        with capture.global_and_fixture_disabled():  # fixture output is captured otherwise
+            reporter.write_line("")
+            reporter.write_line(f"csm-conformance: loaded {ref.identity.describe()}")
+            reporter.write_line(
+                f"csm-conformance: reference cpu float32 in {ref.load_seconds:.1f} s; "
+                f"device {dev.device} {session.dtype_name} in {dev.load_seconds:.1f} s"
+                + (f"; {'; '.join(dev.notes)}" if dev.notes else "")
+            )
+            for note in session.fault_notes:
+                reporter.write_line(f"csm-conformance: PLANTED FAULT: {note}", red=True)
     return session
 
 

@@ -45,6 +45,7 @@ def test_clean_run_passes_and_reports(pytester):
     out = result.stdout.str()
     assert "csm-conformance: model tiny -> embedded-tiny-csm" in out
     assert "NOT a real-weight result" in out
+    assert "csm-conformance: loaded embedded-tiny-csm | weights sha256:" in out
     assert "csm-conformance accuracy summary" in out
     report = json.loads((pytester.path / "output" / "accuracy_evaluation.json").read_text())
     assert report["model"]["kind"] == "embedded-tiny"
