@@ -140,3 +140,16 @@ def test_weights_mismatch_against_stored_bounds(pytester, baselines_copy):
     data["model"]["weights_digest"] = "sha256:0000000000000000"
     target.write_text(json.dumps(data))
     one_line_error(run_suite(pytester, "--csm-case", "short_en", baselines=baselines_copy), "were recorded on weights")
+
+
+def test_golden_drift_gate_catches_a_shifted_reference(pytester, baselines_copy):
+    """A stack change that moves the CPU reference itself (invisible to device-vs-CPU) fails drift."""
+    from csm_conformance import golden
+
+    path = next((baselines_copy / "golden").rglob("short_en.safetensors"))
+    tensors, meta = golden.load_golden(path)
+    tensors["backbone_logits"] = tensors["backbone_logits"] * 1.001  # 1e-3 relative drift
+    golden.save_golden(path, tensors, meta)
+    result = run_suite(pytester, "--csm-case", "short_en", "-k", "drift", baselines=baselines_copy)
+    assert result.ret == 1, result.stdout.str()[-2000:]
+    result.stdout.fnmatch_lines(["*short_en/golden_drift: backbone_rel_error is 0.000999*must be <= 0.0001*"])
