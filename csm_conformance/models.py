@@ -162,6 +162,20 @@ class ModelSource:
         if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
             raise ModelError(f"model directory {path} has no weight files (*.safetensors)")
 
+    @property
+    def key(self) -> str:
+        """File-name-safe model name: names its baselines and its reports alike."""
+        if self.kind == "embedded-tiny":
+            return tiny_model.MODEL_NAME
+        if self.kind == "random-full":
+            return RANDOM_FULL_NAME
+        if self.path is None:  # hub id
+            return self.spec.replace("/", "--")
+        path = self.path.resolve()
+        if path.parent.name == "snapshots":  # a hub cache snapshot: models--org--name/snapshots/<rev>
+            return path.parent.parent.name.replace("models--", "")
+        return path.name
+
     def describe_spec(self) -> str:
         if self.kind == "embedded-tiny":
             return f"{tiny_model.MODEL_NAME} (recipe {tiny_model.recipe_digest()})"
@@ -203,14 +217,12 @@ class ModelSource:
             raise ModelError(f"weights in '{self.spec}' do not match its config: {len(what)} tensors missing or mismatched, e.g. {what[0]}")
         model = model.to(device)  # no device_map: that would need accelerate, whose NPU detection is fragile
         if self.kind == "embedded-tiny":
-            identity = ModelIdentity(tiny_model.MODEL_NAME, self.kind, "built in", None, state_digest(model))
+            identity = ModelIdentity(self.key, self.kind, "built in", None, state_digest(model))
         else:
             path = Path(location)
             revision = path.name if path.parent.name == "snapshots" else None
-            key = (self.spec if self.path is None else path.name if revision is None else path.parent.parent.name)
-            key = key.replace("models--", "").replace("/", "--")
             digest = _files_digest(path) if path.is_dir() else None
-            identity = ModelIdentity(key, self.kind, location, revision, digest)
+            identity = ModelIdentity(self.key, self.kind, location, revision, digest)
         return LoadedModel(model, processor, device, dtype, identity, 0.0)
 
     def _random_full(self, device: str, dtype: torch.dtype, reference: LoadedModel | None) -> LoadedModel:
@@ -221,7 +233,7 @@ class ModelSource:
             model = copy.deepcopy(reference.model).to(device=device, dtype=dtype)
             return LoadedModel(model, processor, device, dtype, reference.identity, 0.0, ["device copy of the CPU reference"])
         model = build_random_full(RANDOM_FULL_SEED).to(device=device, dtype=dtype)
-        identity = ModelIdentity(RANDOM_FULL_NAME, self.kind, f"CsmConfig() defaults + csm-1b RoPE scaling, torch seed {RANDOM_FULL_SEED}", None, f"seed:{RANDOM_FULL_SEED}")
+        identity = ModelIdentity(self.key, self.kind, f"CsmConfig() defaults + csm-1b RoPE scaling, torch seed {RANDOM_FULL_SEED}", None, f"seed:{RANDOM_FULL_SEED}")
         return LoadedModel(model, processor, device, dtype, identity, 0.0, ["tokenizer and chat template: the embedded tiny model's"])
 
 

@@ -83,7 +83,7 @@ class ConformanceSession:
         except (devices.DeviceError, ValueError, RuntimeError) as exc:
             raise ConformanceError(str(exc)) from None
         self.dtype_name = dtype_name(self.dtype)
-        self.model_key = self._model_key()
+        self.model_key = self.source.key
         self.bounds_file = bounds_path(settings.baselines_dir, self.model_key, self.device.type, self.dtype_name)
         self.bounds: BoundsBook | None = None
         try:
@@ -98,19 +98,6 @@ class ConformanceSession:
         self.measured: dict[str, dict[str, dict[str, float]]] = {}
         self.record_outcome: str | None = None
         self._cache: dict[tuple, object] = {}
-
-    def _model_key(self) -> str:
-        from .models import RANDOM_FULL_NAME
-        from .tiny_model import MODEL_NAME
-
-        if self.source.kind == "embedded-tiny":
-            return MODEL_NAME
-        if self.source.kind == "random-full":
-            return RANDOM_FULL_NAME
-        path = getattr(self.source, "path", None)
-        if path is None:
-            return self.settings.csm_model.replace("/", "--")
-        return Path(path).resolve().name
 
     # ---- models -------------------------------------------------------------------------
     def load_models(self) -> None:

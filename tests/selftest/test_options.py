@@ -69,3 +69,14 @@ def test_bad_model_directories(tmp_path, setup, match):
     path = setup(tmp_path / "model")
     with pytest.raises(models.ModelError, match=match):
         models.ModelSource(str(path))
+
+
+def test_model_key_names_baselines_and_reports_alike(tmp_path):
+    snapshot = tmp_path / "models--sesame--csm-1b" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text('{"model_type": "csm"}')
+    (snapshot / "model.safetensors").write_bytes(b"")
+    assert models.ModelSource(str(snapshot)).key == "sesame--csm-1b"
+    assert models.ModelSource("sesame/csm-1b").key == "sesame--csm-1b"
+    assert models.ModelSource("tiny").key == "embedded-tiny-csm"
+    assert models.ModelSource("random-full").key == "random-full-csm-1b"
