@@ -119,7 +119,17 @@ def resolve(spec: str = "auto", require_accelerator: bool = False, worker_index:
         if index >= count:
             raise DeviceError(f"device '{spec}' was asked for but only {count} {kind} device(s) exist")
     device = kind if kind == "cpu" else f"{kind}:{index}"
+    if kind == "cpu":
+        count = _cpu_cores()
     return DeviceInfo(spec=spec, device=device, type=kind, name=device_name(device), count=count)
+
+
+def _cpu_cores() -> int:
+    """Cores this process may use: on a CPU "device" they are what the count in a fingerprint means."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def device_name(device: str) -> str:
@@ -196,6 +206,88 @@ def peak_memory_bytes(device: str) -> int | None:
         return int(peak if sys.platform == "darwin" else peak * 1024)
     value = _memory_call(device, "max_memory_allocated")
     return None if value is None else int(value)
+
+
+def memory_allocated_bytes(device: str) -> int | None:
+    """Bytes the device allocator holds now (accelerators); None on the CPU and where unknown."""
+    if device.split(":")[0] == "cpu":
+        return None
+    value = _memory_call(device, "memory_allocated")
+    return None if value is None else int(value)
+
+
+class PeakMemory:
+    """Peak memory over a region: the allocator's peak on accelerators, sampled RSS on the CPU.
+
+    The CPU has no allocator statistic and ru_maxrss never goes down, so a thread samples the
+    resident set every millisecond; it costs CPU time, so regions measured this way should not be
+    timed. `growth_bytes` is the peak above the level at entry (what the region itself needed).
+    """
+
+    def __init__(self, device: str):
+        self.device = device
+        self.is_cpu = device.split(":")[0] == "cpu"
+        self.peak_bytes: int | None = None
+        self.growth_bytes: int | None = None
+        self.method = "process resident set, sampled every 1 ms" if self.is_cpu else "allocator peak (max_memory_allocated)"
+
+    def __enter__(self) -> "PeakMemory":
+        import gc
+
+        gc.collect()
+        synchronize(self.device)
+        if self.is_cpu:
+            import threading
+
+            import psutil
+
+            self._process = psutil.Process()
+            self._before = self._process.memory_info().rss
+            self._peak = self._before
+            self._stop = threading.Event()
+
+            def sample():
+                while not self._stop.is_set():
+                    self._peak = max(self._peak, self._process.memory_info().rss)
+                    self._stop.wait(0.001)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        else:
+            reset_peak_memory(self.device)
+            self._before = memory_allocated_bytes(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.device)
+        if self.is_cpu:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._process.memory_info().rss)
+            self.peak_bytes, self.growth_bytes = self._peak, self._peak - self._before
+        else:
+            self.peak_bytes = peak_memory_bytes(self.device)
+            if self.peak_bytes is not None and self._before is not None:
+                self.growth_bytes = self.peak_bytes - self._before
+
+
+def compile_backend(device: str) -> tuple[object, str | None, str]:
+    """(torch.compile backend, mode, label) for the compiled timing mode on this device.
+
+    CUDA gets transformers' own default for CSM (inductor with CUDA graphs, "reduce-overhead");
+    the NPU goes through TorchAir's backend, as torch_npu documents; other devices use inductor.
+    """
+    kind = device.split(":")[0]
+    if kind == "npu":
+        try:
+            import torchair
+        except ImportError as exc:
+            raise DeviceError(f"compiled mode on npu needs torchair (shipped with torch_npu): {exc}") from None
+        backend = torchair.get_npu_backend(compiler_config=torchair.CompilerConfig())
+        return backend, None, "torchair npu backend"
+    if kind == "cuda":
+        return "inductor", "reduce-overhead", "inductor, reduce-overhead (CUDA graphs)"
+    return "inductor", "default", "inductor, default mode"
 
 
 def empty_cache(device: str) -> None:

@@ -7,11 +7,20 @@ Specs (`--csm-fault`, repeatable):
   weight:<parameter name>[:<relative scale>]   multiply one tensor by (1 + scale * N(0, 1)), seed 0
   rope                                          drop the RoPE scaling (plain RoPE frequencies)
   nan:<module name>                             a NaN in one activation of that module's output
+  sleep:<milliseconds>                          every frame takes that much longer (a host sleep)
+  slowdown:<fraction>                           every frame takes that fraction longer than it did
+  leak:<MiB>                                    every frame keeps that much more device memory alive
+
+The performance faults hook the backbone's forward, which runs once per generated frame.
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
+
+from . import devices
 
 
 class FaultError(ValueError):
@@ -72,6 +81,47 @@ def _nan_activation(model: torch.nn.Module, name: str) -> str:
     return f"NaN planted in the output of {name}"
 
 
+def _number(spec: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise FaultError(f"fault {spec}: '{text}' is not a number") from None
+    if not value > 0:
+        raise FaultError(f"fault {spec}: the amount must be > 0")
+    return value
+
+
+def _per_frame_sleep(model: torch.nn.Module, seconds: float) -> None:
+    model.backbone_model.register_forward_hook(lambda *_: time.sleep(seconds))
+
+
+def _per_frame_slowdown(model: torch.nn.Module, fraction: float) -> None:
+    """Sleep `fraction` of the time since the previous backbone call ended, i.e. of one frame."""
+    state = {"last": None}
+    device = str(next(model.parameters()).device)
+
+    def hook(*_):
+        devices.synchronize(device)
+        now = time.perf_counter()
+        if state["last"] is not None and now - state["last"] < 5.0:
+            time.sleep(fraction * (now - state["last"]))
+        state["last"] = time.perf_counter()
+
+    model.backbone_model.register_forward_hook(hook)
+
+
+def _per_frame_leak(model: torch.nn.Module, mib: float) -> None:
+    kept: list[torch.Tensor] = []
+    model._planted_leak = kept  # lives as long as the model
+    elements = int(mib * 2**20 / 4)
+
+    def hook(module, *_):
+        device = next(module.parameters()).device
+        kept.append(torch.ones(elements, dtype=torch.float32, device=device))  # ones: pages are touched
+
+    model.backbone_model.register_forward_hook(hook)
+
+
 def apply_fault(model: torch.nn.Module, spec: str) -> str:
     kind, _, rest = spec.partition(":")
     if kind == "weight":
@@ -85,4 +135,16 @@ def apply_fault(model: torch.nn.Module, spec: str) -> str:
         return _drop_rope_scaling(model)
     if kind == "nan":
         return _nan_activation(model, rest)
-    raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, or nan:<module>")
+    if kind == "sleep":
+        ms = _number(spec, rest)
+        _per_frame_sleep(model, ms / 1000.0)
+        return f"every frame sleeps {ms:g} ms longer (backbone forward hook)"
+    if kind == "slowdown":
+        fraction = _number(spec, rest)
+        _per_frame_slowdown(model, fraction)
+        return f"every frame is {fraction:.0%} slower (backbone forward hook)"
+    if kind == "leak":
+        mib = _number(spec, rest)
+        _per_frame_leak(model, mib)
+        return f"every frame leaks {mib:g} MiB of device memory (backbone forward hook)"
+    raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, sleep:<ms>, slowdown:<fraction> or leak:<MiB>")

@@ -13,6 +13,7 @@ be read as a real-weight result.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import time
@@ -117,6 +118,16 @@ def state_digest(model: torch.nn.Module) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
+def tiny_weights_digest() -> str:
+    """The embedded model's digest over its float32 weights, whatever dtype a run loads it in, so
+    a performance-only run (no float32 reference) names the same weights as an accuracy run."""
+    from transformers import CsmForConditionalGeneration
+
+    model = CsmForConditionalGeneration.from_pretrained(str(tiny_model.ensure_tiny_model_dir()), **_from_pretrained_kwargs(torch.float32))
+    return state_digest(model)
+
+
 def _files_digest(directory: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
@@ -217,7 +228,7 @@ class ModelSource:
             raise ModelError(f"weights in '{self.spec}' do not match its config: {len(what)} tensors missing or mismatched, e.g. {what[0]}")
         model = model.to(device)  # no device_map: that would need accelerate, whose NPU detection is fragile
         if self.kind == "embedded-tiny":
-            identity = ModelIdentity(self.key, self.kind, "built in", None, state_digest(model))
+            identity = ModelIdentity(self.key, self.kind, "built in", None, state_digest(model) if dtype == torch.float32 else tiny_weights_digest())
         else:
             path = Path(location)
             revision = path.name if path.parent.name == "snapshots" else None

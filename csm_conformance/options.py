@@ -42,7 +42,17 @@ OPTIONS = [
     Option("--csm-min-cosine", "CSM_MIN_COSINE", 0.9999, "logits cosine every case must exceed, whatever its bounds", "float"),
     Option("--csm-golden-min-cosine", "CSM_GOLDEN_MIN_COSINE", 0.99999, "cosine of today's CPU reference against the golden one", "float"),
     Option("--csm-golden-max-rel-error", "CSM_GOLDEN_MAX_REL_ERROR", 1e-4, "relative error of today's CPU reference against the golden one", "float"),
-    Option("--csm-fault", "CSM_FAULT", [], "plant a fault in the device model (self-tests): weight:<param>[:<scale>], rope, nan:<module>", "list"),
+    Option("--csm-fault", "CSM_FAULT", [], "plant a fault in the device model (self-tests): weight:<param>[:<scale>], rope, nan:<module>, sleep:<ms>, slowdown:<fraction>, leak:<MiB>", "list"),
+    # performance gate
+    Option("--csm-workloads", "CSM_WORKLOADS", "", "performance workload catalogue YAML (default: tests/data/performance_workloads.yaml)"),
+    Option("--csm-workload", "CSM_WORKLOAD", [], "time only these workload ids (repeatable, or comma-separated)", "list"),
+    Option("--csm-perf-modes", "CSM_PERF_MODES", ["eager", "compiled"], "timing modes: eager and/or compiled (static cache + torch.compile)", "list"),
+    Option("--csm-perf-rounds", "CSM_PERF_ROUNDS", 5, "timed rounds per workload (the median is gated)", "int"),
+    Option("--csm-perf-warmup", "CSM_PERF_WARMUP", 1, "untimed warm-up rounds per workload (compiled mode compiles here)", "int"),
+    Option("--csm-perf-load-rounds", "CSM_PERF_LOAD_ROUNDS", 3, "timed model loads for the load-time figure", "int"),
+    Option("--csm-perf-tolerance", "CSM_PERF_TOLERANCE", ["time=0.05", "memory=0.03", "load=0.25"], "tolerated worsening per figure class, [<device type>.]<time|memory|load>=<fraction or %> (repeatable)", "list"),
+    Option("--csm-perf-noise-factor", "CSM_PERF_NOISE_FACTOR", 3.0, "a tolerance is widened to this many coefficients of variation of its figure", "float"),
+    Option("--csm-memory-bandwidth", "CSM_MEMORY_BANDWIDTH", 0.0, "device memory bandwidth in GB/s for the bandwidth floor (default: from a table of known devices)", "float"),
 ]
 
 
@@ -65,6 +75,11 @@ def _convert(option: Option, raw, source: str):
             return float(raw)
         except (TypeError, ValueError):
             raise OptionError(f"{source}: expected a number, got '{raw}'") from None
+    if option.kind == "int":
+        try:
+            return int(str(raw).strip())
+        except (TypeError, ValueError):
+            raise OptionError(f"{source}: expected a whole number, got '{raw}'") from None
     if option.kind == "list":
         items = raw if isinstance(raw, list) else str(raw).split(",")
         return [item.strip() for entry in items for item in str(entry).split(",") if item.strip()]
@@ -100,6 +115,15 @@ class Settings:
     csm_golden_min_cosine: float = 0.99999
     csm_golden_max_rel_error: float = 1e-4
     csm_fault: list = field(default_factory=list)
+    csm_workloads: str = ""
+    csm_workload: list = field(default_factory=list)
+    csm_perf_modes: list = field(default_factory=lambda: ["eager", "compiled"])
+    csm_perf_rounds: int = 5
+    csm_perf_warmup: int = 1
+    csm_perf_load_rounds: int = 3
+    csm_perf_tolerance: list = field(default_factory=lambda: ["time=0.05", "memory=0.03", "load=0.25"])
+    csm_perf_noise_factor: float = 3.0
+    csm_memory_bandwidth: float = 0.0
 
     @property
     def baselines_dir(self) -> Path:
@@ -119,4 +143,20 @@ def settings_from(cli: dict, environ: dict | None = None, ini: dict | None = Non
         raise OptionError(f"--csm-min-cosine must be in (0, 1], got {settings.csm_min_cosine}")
     if settings.csm_bound_margin < 0:
         raise OptionError(f"--csm-bound-margin must be >= 0, got {settings.csm_bound_margin}")
+    if settings.csm_perf_rounds < 1:
+        raise OptionError(f"--csm-perf-rounds must be at least 1 (a benchmark of zero rounds measures nothing), got {settings.csm_perf_rounds}")
+    if settings.csm_perf_load_rounds < 1:
+        raise OptionError(f"--csm-perf-load-rounds must be at least 1, got {settings.csm_perf_load_rounds}")
+    if settings.csm_perf_warmup < 0:
+        raise OptionError(f"--csm-perf-warmup must be >= 0, got {settings.csm_perf_warmup}")
+    if "compiled" in settings.csm_perf_modes and settings.csm_perf_warmup < 1:
+        raise OptionError("compiled mode needs --csm-perf-warmup >= 1: compilation must not land in a timed round")
+    from .perf_baselines import parse_tolerances
+
+    try:
+        parse_tolerances(settings.csm_perf_tolerance)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
+    if settings.csm_perf_noise_factor < 0 or settings.csm_memory_bandwidth < 0:
+        raise OptionError("--csm-perf-noise-factor and --csm-memory-bandwidth must be >= 0")
     return settings

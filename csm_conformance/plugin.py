@@ -11,7 +11,8 @@ import warnings
 
 import pytest
 
-from . import reporting
+from . import perf_reporting, reporting
+from .bounds import BaselineError
 from .options import OPTIONS, OptionError, settings_from
 from .session import ConformanceError, ConformanceSession
 
@@ -40,6 +41,7 @@ def _worker_index() -> int | None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "accuracy: device-vs-CPU accuracy conformance checks")
     config.addinivalue_line("markers", "selftest: tests of the suite itself")
+    config.addinivalue_line("markers", "performance: latency, RTF and memory against stored baselines")
     if config.option.help or config.option.version:
         return
     cli = {opt.dest: getattr(config.option, opt.dest, None) for opt in OPTIONS}
@@ -70,36 +72,80 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         "generation_case": [c for c in catalogue.prompts if c.generate_frames > 0],
         "decode_case": [c for c in catalogue.codec if c.kind == "decode"],
         "encode_case": [c for c in catalogue.codec if c.kind == "encode"],
+        "perf_case": session.perf.cases,
     }
     for name, cases in params.items():
         if name in metafunc.fixturenames:
             metafunc.parametrize(name, cases, ids=[c.id for c in cases])
 
 
+def _load_or_exit(request: pytest.FixtureRequest, load) -> ConformanceSession:
+    session = _session(request.config)
+    first = session.target is None
+    try:
+        load(session)
+    except (ConformanceError, BaselineError) as exc:
+        request.config.stash[SETUP_ERROR_KEY] = str(exc)
+        pytest.exit(f"csm-conformance: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+    if first:
+        _print_loaded(request.config, session)
+    return session
+
+
+def _print_loaded(config: pytest.Config, session: ConformanceSession) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    ref, dev = session.reference, session.target
+    with capture.global_and_fixture_disabled():  # fixture output is captured otherwise
+        reporter.write_line("")
+        reporter.write_line(f"csm-conformance: loaded {session.identity.describe()}")
+        reporter.write_line(
+            (f"csm-conformance: reference cpu float32 in {ref.load_seconds:.1f} s; " if ref else "csm-conformance: no reference (performance only); ")
+            + f"device {dev.device} {session.dtype_name} in {dev.load_seconds:.1f} s"
+            + (f"; {'; '.join(dev.notes)}" if dev.notes else "")
+        )
+        for note in session.fault_notes:
+            reporter.write_line(f"csm-conformance: PLANTED FAULT: {note}", red=True)
+
+
 @pytest.fixture(scope="session")
 def csm(request: pytest.FixtureRequest) -> ConformanceSession:
     """The run's ConformanceSession with both models loaded (once per session)."""
-    session = _session(request.config)
-    try:
-        session.load_models()
-    except ConformanceError as exc:
-        request.config.stash[SETUP_ERROR_KEY] = str(exc)
-        pytest.exit(f"csm-conformance: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        ref, dev = session.reference, session.target
-        with capture.global_and_fixture_disabled():  # fixture output is captured otherwise
-            reporter.write_line("")
-            reporter.write_line(f"csm-conformance: loaded {ref.identity.describe()}")
-            reporter.write_line(
-                f"csm-conformance: reference cpu float32 in {ref.load_seconds:.1f} s; "
-                f"device {dev.device} {session.dtype_name} in {dev.load_seconds:.1f} s"
-                + (f"; {'; '.join(dev.notes)}" if dev.notes else "")
-            )
-            for note in session.fault_notes:
-                reporter.write_line(f"csm-conformance: PLANTED FAULT: {note}", red=True)
-    return session
+    return _load_or_exit(request, lambda s: s.load_models())
+
+
+@pytest.fixture(scope="session")
+def csm_perf(request: pytest.FixtureRequest) -> ConformanceSession:
+    """The session with the device model loaded (no reference needed) and its performance
+    baselines read; at the end, the RTF/latency plot is attached to Allure."""
+    def load(session):
+        session.load_target()
+        session.perf.load_baselines()
+
+    session = _load_or_exit(request, load)
+    yield session
+    plot = perf_reporting.plot_png(session.perf)
+    if plot is not None:
+        reporting.attach_png("performance: RTF and frame latency, baseline vs now", plot)
+
+
+def assert_perf(result) -> None:
+    """Fail on a regression with its table; report a missing baseline (a failure under --csm-strict)."""
+    if result.status in ("regressed", "failed"):
+        pytest.fail(result.failure_text(), pytrace=False)
+    if result.status == "no-baseline":
+        warnings.warn(result.failure_text(), pytest.PytestWarning, stacklevel=2)
+
+
+def skip_or_fail_disabled(benchmark, config: pytest.Config) -> None:
+    """pytest-benchmark's --benchmark-disable runs the body once untimed: nothing can be gated."""
+    if getattr(benchmark, "disabled", False):
+        message = "benchmarks are disabled (--benchmark-disable): nothing was timed"
+        if _session(config).settings.csm_strict:
+            pytest.fail(message + " and --csm-strict is set", pytrace=False)
+        pytest.skip(message)
 
 
 def assert_passed(result) -> None:
@@ -120,7 +166,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.when == "call"
         and report.failed
         and call.excinfo is not None
-        and item.get_closest_marker("accuracy") is not None
+        and (item.get_closest_marker("accuracy") is not None or item.get_closest_marker("performance") is not None)
         and not call.excinfo.errisinstance(pytest.fail.Exception)
         and item.config.option.verbose < 2
     ):
@@ -131,19 +177,62 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     conf = _session(session.config)
-    if conf is None or not conf.results:
+    if conf is None:
         return
-    conf.finish()
-    if conf.record_outcome and conf.record_outcome.startswith("bounds NOT"):
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    conf.report_paths = reporting.write_reports(conf)
+    if conf.results:
+        conf.finish()
+        if conf.record_outcome and conf.record_outcome.startswith("bounds NOT"):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        conf.report_paths = reporting.write_reports(conf)
+    if conf.perf.results:
+        bs = getattr(session.config, "_benchmarksession", None)
+        machine_info = bs.get_machine_info() if bs is not None else {}
+        commit_info = session.config.hook.pytest_benchmark_generate_commit_info(config=session.config) if bs is not None else {}
+        import pytest_benchmark
+
+        conf.perf_report_paths = perf_reporting.write_reports(conf.perf, machine_info, commit_info, pytest_benchmark.__version__)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """Saved pytest-benchmark runs name the device, model and dtype they timed, not only the host."""
+    conf = _session(config)
+    if conf is not None:
+        machine_info["csm"] = {"device_fingerprint": conf.device.fingerprint, "device": conf.device.device,
+                               "model": conf.model_key, "dtype": conf.dtype_name}
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     conf = _session(config)
-    if conf is None or not conf.results:
+    if conf is None:
         return
-    tr = terminalreporter
+    if conf.results:
+        _accuracy_summary(terminalreporter, conf)
+    if conf.perf.results:
+        _performance_summary(terminalreporter, conf)
+
+
+def _performance_summary(tr, conf) -> None:
+    tr.section("csm-conformance performance summary")
+    ident = conf.identity
+    tr.write_line(f"model {ident.describe() if ident else conf.model_key}")
+    tr.write_line(f"device {conf.device.device} ({conf.device.fingerprint}) dtype {conf.dtype_name}; "
+                  f"{conf.settings.csm_perf_warmup} warm-up + {conf.settings.csm_perf_rounds} rounds, median")
+    for note in conf.fault_notes:
+        tr.write_line(f"PLANTED FAULT: {note}", red=True)
+    for line in perf_reporting.console_table(conf.perf):
+        tr.write_line(line)
+    for r in conf.perf.results:
+        if r.status in ("regressed", "improved"):
+            tr.write_line(f"{r.case}: {r.messages[0]}", red=r.status == "regressed", green=r.status == "improved")
+    missing = [r for r in conf.perf.results if r.status == "no-baseline"]
+    if missing:
+        tr.write_line(f"{len(missing)} case(s) have no baseline for {conf.device.fingerprint}: e.g. {missing[0].messages[-1]}", yellow=True)
+    for path in getattr(conf, "perf_report_paths", []):
+        tr.write_line(f"report: {path}")
+
+
+def _accuracy_summary(tr, conf) -> None:
     tr.section("csm-conformance accuracy summary")
     ident = conf.identity
     tr.write_line(f"model {ident.describe() if ident else conf.model_key}")

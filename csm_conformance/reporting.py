@@ -151,3 +151,11 @@ def attach_wav(name: str, audio, sample_rate: int = 24000) -> None:
     except ImportError:
         return
     allure.attach(wav_bytes(audio, sample_rate), name=name, attachment_type="audio/wav", extension="wav")
+
+
+def attach_png(name: str, png: bytes) -> None:
+    try:
+        import allure
+    except ImportError:
+        return
+    allure.attach(png, name=name, attachment_type=allure.attachment_type.PNG)

@@ -91,6 +91,12 @@ class ConformanceSession:
         except BaselineError as exc:
             if not settings.csm_record_bounds:
                 raise ConformanceError(str(exc)) from None
+        from .performance import PerformanceRun
+
+        try:
+            self.perf = PerformanceRun(self)
+        except ValueError as exc:
+            raise ConformanceError(str(exc)) from None
         self.reference: LoadedModel | None = None
         self.target: LoadedModel | None = None
         self.fault_notes: list[str] = []
@@ -101,21 +107,31 @@ class ConformanceSession:
 
     # ---- models -------------------------------------------------------------------------
     def load_models(self) -> None:
+        """Both models: the CPU float32 reference (accuracy checks) and the device model."""
+        if self.reference is None:
+            try:
+                self.reference = self.source.load("cpu", torch.float32)
+                if self.bounds is not None and not self.settings.csm_record_bounds:
+                    self.bounds.check_weights(self.reference.identity.weights_digest)
+            except (RuntimeError, ValueError) as exc:
+                raise ConformanceError(str(exc).splitlines()[0]) from None
+        self.load_target()
+
+    def load_target(self) -> None:
+        """The device model alone (performance tests need no reference), with any planted faults."""
         if self.target is not None:
             return
         try:
-            self.reference = self.source.load("cpu", torch.float32)
             self.target = self.source.load(self.device.device, self.dtype, reference=self.reference)
             for spec in self.settings.csm_fault:
                 self.fault_notes.append(faults.apply_fault(self.target.model, spec))
-            if self.bounds is not None and not self.settings.csm_record_bounds:
-                self.bounds.check_weights(self.reference.identity.weights_digest)
         except (RuntimeError, ValueError) as exc:
             raise ConformanceError(str(exc).splitlines()[0]) from None
 
     @property
     def identity(self):
-        return self.reference.identity if self.reference else None
+        loaded = self.reference or self.target
+        return loaded.identity if loaded else None
 
     def cached(self, key: tuple, compute):
         if key not in self._cache:

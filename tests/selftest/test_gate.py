@@ -15,9 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--csm-case", "short_en", "--csm-case", "multi_turn_ctx", "--csm-case", "decode_2s"]
 
 
-def run_suite(pytester: pytest.Pytester, *args: str, baselines: Path | None = None) -> pytest.RunResult:
-    """The real conformance tests, with the repo's pytest.ini and conftest, in a scratch cwd."""
+def run_suite(pytester: pytest.Pytester, *args: str, baselines: Path | None = None, marker: str = "accuracy") -> pytest.RunResult:
+    """The real conformance tests (the accuracy ones unless told), with the repo's pytest.ini and
+    conftest, in a scratch cwd."""
     extra = ["--csm-baselines", str(baselines)] if baselines else []
+    extra += ["-m", marker] if marker else []
     return pytester.runpytest_subprocess(
         str(ROOT / "tests" / "conformance"), "-c", str(ROOT / "pytest.ini"), "--rootdir", str(ROOT),
         "-p", "no:cacheprovider", "-p", "no:randomly", "--csm-output", str(pytester.path / "output"),

@@ -1,0 +1,30 @@
+"""Performance against stored baselines: one body per figure family, run unchanged on every
+device and model. The `csm_perf` fixture holds the device model (no reference is needed) and the
+baselines for this machine; pytest-benchmark times the rounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from csm_conformance import reporting
+from csm_conformance.plugin import assert_perf, skip_or_fail_disabled
+
+pytestmark = pytest.mark.performance
+
+
+def test_generation(csm_perf, perf_case, benchmark, request):
+    """Fixed-length seeded generation: RTF, TTFA, prefill, per-frame latency, peak memory."""
+    skip_or_fail_disabled(benchmark, request.config)
+    benchmark.group = f"{perf_case.mode} b{perf_case.batch}"
+    result = csm_perf.perf.time_generation(perf_case, benchmark)
+    reporting.attach_json(f"{perf_case.id} performance", result.as_dict())
+    assert_perf(result)
+
+
+def test_model_load(csm_perf, benchmark, request):
+    """Loading the model onto the device, timed over several loads."""
+    skip_or_fail_disabled(benchmark, request.config)
+    benchmark.group = "load"
+    result = csm_perf.perf.time_load(benchmark)
+    reporting.attach_json("model_load performance", result.as_dict())
+    assert_perf(result)

@@ -1,0 +1,127 @@
+"""The performance gate end to end with pytester: a baseline is promoted from a clean run, the
+clean rerun passes against it, and a planted per-frame slowdown or memory leak fails it with the
+regression table. Bad baselines end the run with one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_gate import ROOT, one_line_error, run_suite
+
+pytestmark = pytest.mark.selftest
+
+# One short workload in eager mode keeps each run to seconds; the gate logic is the same for all.
+QUICK = ["--csm-workload", "short_32t", "--csm-perf-modes", "eager"]
+
+
+def run_perf(pytester, *args, baselines: Path) -> pytest.RunResult:
+    return run_suite(pytester, *QUICK, *args, baselines=baselines, marker="performance")
+
+
+def promote(run_json: Path, baselines: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "csm_conformance.promote", "--run", str(run_json), "--baselines", str(baselines), *extra],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory) -> Path:
+    """A baselines directory holding a baseline promoted from a clean quick run on this machine."""
+    work = tmp_path_factory.mktemp("perf-baseline")
+    baselines = work / "baselines"
+    out = work / "output"
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "conformance"), "-c", str(ROOT / "pytest.ini"),
+           "--rootdir", str(ROOT), "-p", "no:cacheprovider", "-m", "performance", "--csm-output", str(out),
+           "--csm-baselines", str(baselines), *QUICK]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    assert "no performance baseline for this machine" in first.stdout
+    done = promote(out / "performance_benchmark.json", baselines)
+    assert done.returncode == 0, done.stderr
+    assert "bfloat16-eager.json" in done.stdout and "bfloat16-load.json" in done.stdout
+    return baselines
+
+
+def test_clean_run_passes_against_its_baseline_and_writes_reports(pytester, promoted):
+    result = run_perf(pytester, baselines=promoted)
+    out = result.stdout.str()
+    assert result.ret == 0, out[-3000:]
+    assert "csm-conformance performance summary" in out
+    assert "NOT a real-weight result" in out
+    report = json.loads((pytester.path / "output" / "performance_benchmark.json").read_text())
+    statuses = {r["case"]: r["status"] for r in report["csm"]["results"]}
+    assert statuses == {"short_32t-b1-eager": statuses["short_32t-b1-eager"], "model_load": statuses["model_load"]}
+    assert set(statuses.values()) <= {"passed", "improved"}, statuses
+    bench = report["benchmarks"][0]
+    assert bench["stats"]["rounds"] == 3 and len(bench["stats"]["data"]) == 3  # pytest-benchmark's stats
+    figures = bench["extra_info"]["figures"]
+    assert set(figures) == {"rtf", "ttfa_ms", "prefill_ms", "frame_ms_median", "frame_ms_p90", "peak_memory_mb"}
+    assert all("cv" in f for f in figures.values())
+    assert report["machine_info"]["csm"]["device_fingerprint"].startswith("cpu|")
+    summary = (pytester.path / "output" / "performance_summary.txt").read_text()
+    assert "short_32t-b1-eager" in summary and "weights read per frame" in summary
+    png = (pytester.path / "output" / "performance_plot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_planted_per_frame_sleep_fails_the_gate_with_a_table(pytester, promoted):
+    result = run_perf(pytester, "--csm-fault", "sleep:20", baselines=promoted)
+    out = result.stdout.str()
+    assert result.ret == 1, out[-3000:]
+    result.stdout.fnmatch_lines(["*_ test_generation?short_32t-b1-eager? _*", "short_32t-b1-eager: performance regressed in*frame_ms_median*",
+                                 "metric*baseline*now*change*tolerance*verdict*"])
+    assert "metric" in out and "baseline" in out and "tolerance" in out and "REGRESSED" in out
+    assert "PLANTED FAULT: every frame sleeps 20 ms longer" in out
+    refused = promote(pytester.path / "output" / "performance_benchmark.json", promoted)
+    assert refused.returncode == 2 and "planted faults" in refused.stderr
+
+
+def test_planted_memory_growth_fails_the_gate(pytester, promoted):
+    result = run_perf(pytester, "--csm-fault", "leak:2", baselines=promoted)
+    out = result.stdout.str()
+    assert result.ret == 1, out[-3000:]
+    assert "peak_memory_mb" in out and "REGRESSED" in out
+    report = json.loads((pytester.path / "output" / "performance_benchmark.json").read_text())
+    gen = next(r for r in report["csm"]["results"] if r["case"] == "short_32t-b1-eager")
+    assert gen["status"] == "regressed"
+    assert any(c["metric"] == "peak_memory_mb" and c["verdict"] == "regressed" for c in gen["comparisons"])
+
+
+def test_missing_baseline_is_reported_and_fails_under_strict(pytester, tmp_path):
+    empty = tmp_path / "none"
+    lenient = run_perf(pytester, baselines=empty)
+    assert lenient.ret == 0
+    assert "no performance baseline for this machine" in lenient.stdout.str()
+    strict = run_perf(pytester, "--csm-strict", baselines=empty)
+    assert strict.ret == 1
+    strict.stdout.fnmatch_lines(["*_ test_generation?short_32t-b1-eager? _*", "short_32t-b1-eager: no performance baseline for this machine*"])
+
+
+def test_corrupt_baseline_is_one_line(pytester, promoted, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(promoted, broken)
+    target = next(broken.rglob("bfloat16-eager.json"))
+    target.write_text("{ not json")
+    one_line_error(run_perf(pytester, baselines=broken), "is not valid JSON")
+
+
+def test_zero_rounds_and_bad_tolerance_are_usage_errors(pytester, tmp_path):
+    one_line_error(run_perf(pytester, "--csm-perf-rounds", "0", baselines=tmp_path), "must be at least 1")
+    one_line_error(run_perf(pytester, "--csm-perf-tolerance", "speed=5%", baselines=tmp_path), "bad tolerance 'speed=5%'")
+    one_line_error(run_perf(pytester, "--csm-workload", "nope", baselines=tmp_path), "unknown workload id 'nope'")
+
+
+def test_disabled_benchmarks_skip_and_fail_under_strict(pytester, tmp_path):
+    skipped = run_perf(pytester, "--benchmark-disable", baselines=tmp_path)
+    assert skipped.ret == 0
+    skipped.stdout.fnmatch_lines(["*2 skipped*"])
+    strict = run_perf(pytester, "--benchmark-disable", "--csm-strict", baselines=tmp_path)
+    assert strict.ret == 1
