@@ -37,6 +37,18 @@ class BaselineError(ValueError):
     """A stored baseline or golden file cannot be used; the message is one line."""
 
 
+def read_baseline_json(path: Path, corrupt: str) -> object | None:
+    """A stored baseline's JSON; None when the file is absent; BaselineError(`corrupt`, formatted
+    with {path} and {exc}) when it cannot be parsed."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BaselineError(corrupt.format(path=path, exc=exc)) from None
+
+
 def bounds_path(baselines_dir: Path, model_key: str, device_type: str, dtype: str) -> Path:
     return Path(baselines_dir) / "accuracy" / model_key / f"{device_type}-{dtype}.json"
 
@@ -58,12 +70,9 @@ class BoundsBook:
     def load(cls, path: Path) -> "BoundsBook | None":
         """The stored bounds, None when there is no file, BaselineError when it is unusable."""
         path = Path(path)
-        if not path.exists():
+        data = read_baseline_json(path, "bounds file {path} is corrupt: {exc}")
+        if data is None:
             return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BaselineError(f"bounds file {path} is corrupt: {exc}") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("cases"), dict):
             raise BaselineError(f"bounds file {path} is not a schema-{SCHEMA} bounds file (re-record with --csm-record-bounds)")
         for case, checks in data["cases"].items():

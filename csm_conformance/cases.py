@@ -140,15 +140,20 @@ def _audio(spec, where: str) -> AudioSpec:
     return audio
 
 
-def load_catalogue(path: Path | str | None = None) -> Catalogue:
-    path = Path(path) if path else DEFAULT_CATALOGUE
+def read_yaml(path: Path, noun: str, error: type[ValueError]):
+    """A hand-edited YAML file's content, or `error` with one line naming the file."""
     if not path.is_file():
-        raise CatalogueError(f"case catalogue {path} does not exist")
+        raise error(f"{noun} {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CatalogueError(f"case catalogue {path} is not valid YAML: {first}") from None
+        raise error(f"{noun} {path} is not valid YAML: {first}") from None
+
+
+def load_catalogue(path: Path | str | None = None) -> Catalogue:
+    path = Path(path) if path else DEFAULT_CATALOGUE
+    raw = read_yaml(path, "case catalogue", CatalogueError)
     if not isinstance(raw, dict):
         raise CatalogueError(f"case catalogue {path} must be a mapping with 'prompts' and/or 'codec' lists")
     catalogue = Catalogue(path)

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bounds import BaselineError
+from .bounds import BaselineError, read_baseline_json
 
 SCHEMA = 1
 # gated figure -> (tolerance class, which direction is better, unit shown)
@@ -141,12 +141,9 @@ class BaselineFile:
     def load(cls, path: Path) -> "BaselineFile | None":
         """The stored baseline, None when there is no file, BaselineError when it is unusable."""
         path = Path(path)
-        if not path.exists():
+        data = read_baseline_json(path, "performance baseline {path} is not valid JSON ({exc}); restore it or promote a new run")
+        if data is None:
             return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BaselineError(f"performance baseline {path} is not valid JSON ({exc}); restore it or promote a new run") from None
         if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) or not isinstance(data.get("csm_baseline"), dict):
             raise BaselineError(f"performance baseline {path} lacks 'benchmarks' or 'csm_baseline': not written by the promote command")
         entries = {}
@@ -202,7 +199,7 @@ def promote(run: dict, baselines_dir: Path, allow_regressions: bool = False) -> 
     for mode, benches in sorted(by_mode.items()):
         path = baseline_path(baselines_dir, model_key, fingerprint, dtype, mode)
         keep = []
-        old = BaselineFile.load(path) if path.exists() else None
+        old = BaselineFile.load(path)
         if old is not None:
             new_cases = {b["extra_info"]["case"] for b in benches}
             keep = [b for case, b in old.entries.items() if case not in new_cases]

@@ -81,13 +81,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _load_or_exit(request: pytest.FixtureRequest, load) -> ConformanceSession:
     session = _session(request.config)
-    first = session.target is None
+    before = (session.reference, session.target)
     try:
         load(session)
     except (ConformanceError, BaselineError) as exc:
         request.config.stash[SETUP_ERROR_KEY] = str(exc)
         pytest.exit(f"csm-conformance: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-    if first:
+    if (session.reference, session.target) != before:
         _print_loaded(request.config, session)
     return session
 

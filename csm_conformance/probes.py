@@ -128,22 +128,27 @@ def seeded_codes(num_codebooks: int, frames: int, vocab: int, seed: int) -> torc
 
 
 @torch.inference_mode()
-def seeded_generation(loaded: LoadedModel, case: PromptCase, frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sampled codes [frames, N] and their audio, with a fixed seed and a fixed length.
+def sample_fixed_length(loaded: LoadedModel, inputs, frames: int, **kwargs):
+    """Sampled generation of exactly `frames` frames.
 
     min_new_tokens = max_new_tokens keeps generation from stopping early, so two software
     versions do the same amount of work (CSM often never emits its all-zero stop frame anyway).
     """
-    torch.manual_seed(seed)
-    out = loaded.model.generate(
-        **prompt_inputs(loaded, case),
+    return loaded.model.generate(
+        **inputs,
         max_new_tokens=frames,
         min_new_tokens=frames,
         do_sample=True,
         depth_decoder_do_sample=True,
-        output_audio=True,
-        return_dict_in_generate=True,
+        **kwargs,
     )
+
+
+@torch.inference_mode()
+def seeded_generation(loaded: LoadedModel, case: PromptCase, frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampled codes [frames, N] and their audio, with a fixed seed and a fixed length."""
+    torch.manual_seed(seed)
+    out = sample_fixed_length(loaded, prompt_inputs(loaded, case), frames, output_audio=True, return_dict_in_generate=True)
     codes = out.sequences[0].cpu()
     audio = out.audio[0].float().cpu()
     return codes, audio

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import devices
+from . import devices, probes
 from .models import LoadedModel
 from .workloads import PerfCase
 
@@ -97,15 +97,7 @@ def generate_round(loaded: LoadedModel, inputs, frames: int, seed: int) -> Round
     clock = FrameClock()
     with PrefillMark(loaded) as prefill:
         start = time.perf_counter()
-        loaded.model.generate(
-            **inputs,
-            max_new_tokens=frames,
-            min_new_tokens=frames,
-            do_sample=True,
-            depth_decoder_do_sample=True,
-            output_audio=False,
-            streamer=clock,
-        )
+        probes.sample_fixed_length(loaded, inputs, frames, output_audio=False, streamer=clock)
         devices.synchronize(loaded.device)
         end = time.perf_counter()
     stamps = clock.frame_stamps(frames)

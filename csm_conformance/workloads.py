@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from .cases import read_yaml
 
 DEFAULT_WORKLOADS = Path(__file__).resolve().parent.parent / "tests" / "data" / "performance_workloads.yaml"
 FRAME_RATE_HZ = 12.5  # Mimi frames per second of audio
@@ -57,12 +57,7 @@ class PerfCase:
 
 def load_workloads(path: Path | str | None = None) -> list[Workload]:
     path = Path(path) if path else DEFAULT_WORKLOADS
-    if not path.is_file():
-        raise WorkloadError(f"workload catalogue {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise WorkloadError(f"workload catalogue {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = read_yaml(path, "workload catalogue", WorkloadError)
     if not isinstance(raw, dict) or not isinstance(raw.get("texts"), dict) or not isinstance(raw.get("workloads"), list):
         raise WorkloadError(f"workload catalogue {path} must have a 'texts' mapping and a 'workloads' list")
     texts = raw["texts"]
