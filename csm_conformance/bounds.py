@@ -80,8 +80,8 @@ class BoundsBook:
                 for metric, entry in (metrics or {}).items():
                     if metric not in METRICS or not isinstance(entry, dict) or not isinstance(entry.get("bound"), (int, float)):
                         raise BaselineError(f"bounds file {path} has a bad entry at {case}/{check}/{metric}")
-                    if math.isnan(entry["bound"]):
-                        raise BaselineError(f"bounds file {path} has NaN at {case}/{check}/{metric}")
+                    if not math.isfinite(entry["bound"]):  # an infinite bound would pass anything
+                        raise BaselineError(f"bounds file {path} has {entry['bound']} at {case}/{check}/{metric}")
         return cls(path, data)
 
     def check_weights(self, weights_digest: str | None) -> None:

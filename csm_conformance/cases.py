@@ -154,6 +154,8 @@ def read_yaml(path: Path, noun: str, error: type[ValueError]):
 def load_catalogue(path: Path | str | None = None) -> Catalogue:
     path = Path(path) if path else DEFAULT_CATALOGUE
     raw = read_yaml(path, "case catalogue", CatalogueError)
+    if raw is None:  # an empty file, or only comments
+        raise CatalogueError(f"case catalogue {path} holds no cases")
     if not isinstance(raw, dict):
         raise CatalogueError(f"case catalogue {path} must be a mapping with 'prompts' and/or 'codec' lists")
     catalogue = Catalogue(path)

@@ -113,15 +113,38 @@ def resolve(spec: str = "auto", require_accelerator: bool = False, worker_index:
     if count == 0:
         hint = " (is torch_npu installed with the CANN runtime?)" if kind == "npu" else ""
         raise DeviceError(f"device '{spec}' was asked for but no {kind} device is available{hint}")
-    if kind != "cpu":
-        if index is None:
-            index = (worker_index or 0) % count
-        if index >= count:
-            raise DeviceError(f"device '{spec}' was asked for but only {count} {kind} device(s) exist")
-    device = kind if kind == "cpu" else f"{kind}:{index}"
+    device = worker_device(spec, kind, index, count, worker_index)
     if kind == "cpu":
         count = _cpu_cores()
     return DeviceInfo(spec=spec, device=device, type=kind, name=device_name(device), count=count)
+
+
+def worker_device(spec: str, kind: str, index: int | None, count: int, worker_index: int | None) -> str:
+    """The device string for one process: the index the spec names, else pytest-xdist worker K's
+    device K (the controller and plain runs count as worker 0).
+
+    Worker K never wraps around to device K mod count: two workers sharing a card would time and
+    measure each other, so more workers than cards is an error that names both numbers.
+    """
+    if kind == "cpu":
+        return "cpu"
+    if index is None:
+        index = worker_index or 0
+        if index >= count:
+            raise DeviceError(
+                f"pytest-xdist worker gw{index} has no {kind} device of its own: only {count} {kind} device(s) are "
+                f"visible, so use -n {count} or fewer (-n auto starts one worker per device)")
+    if index >= count:
+        raise DeviceError(f"device '{spec}' was asked for but only {count} {kind} device(s) exist")
+    return f"{kind}:{index}"
+
+
+def xdist_devices(info: DeviceInfo, workers: int) -> list[str]:
+    """The device each of `workers` pytest-xdist workers will use, computed on the controller from
+    its own resolution, so a bad -n is one line before any worker starts or loads a model."""
+    kind, index = parse_spec(info.spec)
+    count = 1 if info.type == "cpu" else info.count
+    return [worker_device(info.spec, info.type, index, count, k) for k in range(workers)]
 
 
 def _cpu_cores() -> int:

@@ -7,11 +7,20 @@ Specs (`--csm-fault`, repeatable):
   weight:<parameter name>[:<relative scale>]   multiply one tensor by (1 + scale * N(0, 1)), seed 0
   rope                                          drop the RoPE scaling (plain RoPE frequencies)
   nan:<module name>                             a NaN in one activation of that module's output
+  fp16:<Linear module name>                     that Linear's matmul computed in float16 (inputs, weight
+                                                and bias cast to float16, the result cast back)
+  mask:<offset>                                 the backbone's causal attention mask shifted by <offset>
+                                                positions (+1: every query also sees the next, future
+                                                token; -1: every query but the first no longer sees
+                                                itself)
   sleep:<milliseconds>                          every frame takes that much longer (a host sleep)
   slowdown:<fraction>                           every frame takes that fraction longer than it did
   leak:<MiB>                                    every frame keeps that much more device memory alive
+  raise:<frame>                                 generation raises PlantedFaultError at that frame
+  hang:<frame>                                  generation blocks at that frame (pytest-timeout's case)
 
 The performance faults hook the backbone's forward, which runs once per generated frame.
+Every fault's note (what apply_fault returns) names the module it was planted in.
 """
 
 from __future__ import annotations
@@ -25,6 +34,10 @@ from . import devices
 
 class FaultError(ValueError):
     """The fault spec cannot be applied; the message is one line."""
+
+
+class PlantedFaultError(RuntimeError):
+    """Raised by the `raise:<frame>` fault, so a report can tell it from a real crash."""
 
 
 def _perturb_weight(model: torch.nn.Module, name: str, scale: float) -> str:
@@ -81,6 +94,96 @@ def _nan_activation(model: torch.nn.Module, name: str) -> str:
     return f"NaN planted in the output of {name}"
 
 
+def _fp16_matmul(model: torch.nn.Module, name: str) -> str:
+    """Recompute one Linear in float16, the numeric effect of a kernel that silently runs in half
+    precision: 11-bit mantissa and a range that ends at 65504. Against a float32 device model it
+    is a precision loss of a few 1e-4 (3.6e-4 relative at the tiny model's MLP output); against a
+    bfloat16 one it shows only where values leave float16's range (bfloat16 values are exact in
+    float16 within it)."""
+    modules = dict(model.named_modules())
+    module = modules.get(name)
+    if not isinstance(module, torch.nn.Linear):
+        near = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in n][:3]
+        what = "no such module" if module is None else f"{type(module).__name__} is not a Linear"
+        raise FaultError(f"fault fp16:{name}: {what} (e.g. {', '.join(near) or 'a q_proj, up_proj or down_proj'})")
+
+    def hook(mod, inputs, output):
+        half = lambda t: None if t is None else t.to(torch.float16)  # noqa: E731
+        return torch.nn.functional.linear(half(inputs[0]), half(mod.weight), half(mod.bias)).to(output.dtype)
+
+    module.register_forward_hook(hook)
+    return f"{name} computes its matmul in float16 (forward hook)"
+
+
+def _cache_length(cache, layer_idx: int) -> tuple[int, int | None]:
+    """(tokens already in this layer's cache, the cache's fixed length if it is static, else None)."""
+    if cache is None:
+        return 0, None
+    seen = int(cache.get_seq_length(layer_idx))
+    fixed = None
+    if hasattr(cache, "get_max_cache_shape"):
+        try:
+            shape = cache.get_max_cache_shape(layer_idx)
+        except TypeError:
+            shape = cache.get_max_cache_shape()
+        fixed = int(shape) if shape is not None and int(shape) > 0 else None
+    return seen, fixed
+
+
+def _shifted_mask(kwargs: dict, hidden: torch.Tensor, offset: int, implementation: str, layer_idx: int):
+    """The mask the attention would have had, with its causal edge moved by `offset`: key j is
+    visible to the query at position p when j <= p + offset. A query left with no key at all (p <
+    -offset) keeps key 0, so the fault stays numeric rather than a NaN. Keys that no query could
+    see (padding, unfilled static-cache slots) stay hidden."""
+    batch, q_len = hidden.shape[0], hidden.shape[1]
+    old = kwargs.get("attention_mask")
+    cache = kwargs.get("cache", kwargs.get("past_key_values", kwargs.get("past_key_value")))
+    seen, fixed = _cache_length(cache, layer_idx)
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        positions = kwargs.get("cache_position")
+    if positions is None:
+        positions = torch.arange(seen, seen + q_len, device=hidden.device)
+    positions = positions.reshape(-1, q_len)[:, :, None].to(hidden.device)  # [B or 1, q, 1]
+    if torch.is_tensor(old) and old.dim() == 4:
+        kv_len = old.shape[-1]
+        allowed = old if old.dtype == torch.bool else old == 0
+        valid = allowed.any(dim=-2, keepdim=True)  # [B, 1, 1, kv]
+    else:
+        kv_len = fixed or seen + q_len
+        valid = (torch.arange(kv_len, device=hidden.device) < seen + q_len)[None, None, None, :]
+    keys = torch.arange(kv_len, device=hidden.device)[None, None, :]
+    shifted = (keys <= positions + offset) | ((positions + offset < 0) & (keys == 0))  # [B or 1, q, kv]
+    mask = (shifted[:, None] & valid).expand(batch, 1, q_len, kv_len)
+    if implementation == "eager":
+        additive = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
+        return additive.masked_fill(~mask, torch.finfo(hidden.dtype).min)
+    return mask
+
+
+def _shift_attention_mask(model: torch.nn.Module, offset: int) -> str:
+    """An off-by-one in the causal mask of every backbone attention layer, planted with a forward
+    pre-hook that replaces the `attention_mask` the layer receives (so it works whether
+    transformers built a mask or left causality to SDPA's is_causal)."""
+    implementation = getattr(model.backbone_model.config, "_attn_implementation", None) or "eager"
+    if implementation not in ("sdpa", "eager"):
+        raise FaultError(f"fault mask:{offset}: needs sdpa or eager attention, the model uses {implementation}")
+    layers = [(n, m) for n, m in model.backbone_model.named_modules() if n.endswith("self_attn")]
+    if not layers:
+        raise FaultError(f"fault mask:{offset}: the backbone has no self_attn modules")
+
+    def pre_hook(module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        kwargs["attention_mask"] = _shifted_mask(kwargs, hidden, offset, implementation, getattr(module, "layer_idx", 0))
+        return args, kwargs
+
+    for _, module in layers:
+        module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    effect = f"also sees the next {offset} (future) token(s)" if offset > 0 else f"misses the last {-offset} token(s) it should see, itself included"
+    return (f"causal mask shifted by {offset:+d} in backbone_model.layers.*.self_attn ({len(layers)} layers, "
+            f"{implementation}): every query {effect}")
+
+
 def _number(spec: str, text: str) -> float:
     try:
         value = float(text)
@@ -122,6 +225,30 @@ def _per_frame_leak(model: torch.nn.Module, mib: float) -> None:
     model.backbone_model.register_forward_hook(hook)
 
 
+def _at_frame(model: torch.nn.Module, frame: int, action) -> None:
+    """Run `action` on the backbone call that computes frame `frame` (1-based) of each generation.
+    The call count restarts whenever more than 5 s passed since the previous call (a new round)."""
+    state = {"calls": 0, "last": 0.0}
+
+    def hook(*_):
+        now = time.perf_counter()
+        state["calls"] = 1 if now - state["last"] > 5.0 else state["calls"] + 1
+        state["last"] = now
+        if state["calls"] == frame:
+            action()
+
+    model.backbone_model.register_forward_hook(hook)
+
+
+def _raise_at(frame: int) -> None:
+    raise PlantedFaultError(f"planted fault: generation raised at frame {frame} (backbone forward)")
+
+
+def _hang_at(frame: int) -> None:
+    while True:  # until pytest-timeout (or the user) ends it
+        time.sleep(1.0)
+
+
 def apply_fault(model: torch.nn.Module, spec: str) -> str:
     kind, _, rest = spec.partition(":")
     if kind == "weight":
@@ -135,6 +262,16 @@ def apply_fault(model: torch.nn.Module, spec: str) -> str:
         return _drop_rope_scaling(model)
     if kind == "nan":
         return _nan_activation(model, rest)
+    if kind == "fp16":
+        return _fp16_matmul(model, rest)
+    if kind == "mask":
+        try:
+            offset = int(rest)
+        except ValueError:
+            raise FaultError(f"fault {spec}: the offset must be a whole number of positions, e.g. mask:1 or mask:-1") from None
+        if offset == 0:
+            raise FaultError(f"fault {spec}: an offset of 0 changes nothing; use mask:1 or mask:-1")
+        return _shift_attention_mask(model, offset)
     if kind == "sleep":
         ms = _number(spec, rest)
         _per_frame_sleep(model, ms / 1000.0)
@@ -147,4 +284,11 @@ def apply_fault(model: torch.nn.Module, spec: str) -> str:
         mib = _number(spec, rest)
         _per_frame_leak(model, mib)
         return f"every frame leaks {mib:g} MiB of device memory (backbone forward hook)"
-    raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, sleep:<ms>, slowdown:<fraction> or leak:<MiB>")
+    if kind in ("raise", "hang"):
+        frame = _number(spec, rest)
+        if frame != int(frame):
+            raise FaultError(f"fault {spec}: the frame must be a whole number")
+        action = _raise_at if kind == "raise" else _hang_at
+        _at_frame(model, int(frame), lambda: action(int(frame)))
+        return f"generation {'raises' if kind == 'raise' else 'hangs'} at frame {int(frame)} (backbone forward hook)"
+    raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, leak:<MiB>, raise:<frame> or hang:<frame>")

@@ -53,6 +53,20 @@ def nonfinite_count(tensor: torch.Tensor) -> int:
     return int((~torch.isfinite(tensor)).sum())
 
 
+def describe_nonfinite(tensor: torch.Tensor) -> str | None:
+    """'3 NaN and 2 Inf of 1344 values' when the tensor has non-finite values, else None.
+
+    NaN and Inf are told apart because they point at different causes: an Inf is an overflow
+    (a float16 matmul, a missing scale), a NaN often follows from one (Inf - Inf, 0 * Inf)."""
+    if not tensor.is_floating_point():
+        return None
+    nan = int(torch.isnan(tensor).sum())
+    inf = int(torch.isinf(tensor).sum())
+    if not nan and not inf:
+        return None
+    return f"{nan} NaN and {inf} Inf of {tensor.numel()} values"
+
+
 def _f64(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu", torch.float64)
 

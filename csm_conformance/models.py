@@ -138,6 +138,31 @@ def _files_digest(directory: Path) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
+# Keys transformers reports as missing although they are tied to a stored tensor.
+TIED_KEYS = ("depth_decoder.model.embed_tokens",)
+
+
+def weights_mismatch(info: dict) -> str | None:
+    """One line naming what `from_pretrained(output_loading_info=True)` found wrong, or None.
+
+    transformers only warns when a checkpoint lacks tensors the config asks for (it initialises
+    them at random), holds tensors the config has no place for (it drops them), or holds tensors of
+    another shape (it re-initialises them under ignore_mismatched_sizes). Each of these is a
+    different model from the one the checkpoint describes, so each is an error here.
+    """
+    missing = sorted(k for k in info.get("missing_keys") or () if not k.startswith(TIED_KEYS))
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    mismatched = sorted(  # 5.x: (key, checkpoint shape, model shape); 4.x: the key alone
+        m if isinstance(m, str) else f"{m[0]} (checkpoint {list(m[1])}, config {list(m[2])})"
+        for m in info.get("mismatched_keys") or ()
+    )
+    errors = [str(e).strip().splitlines()[0] for e in info.get("error_msgs") or () if str(e).strip()]
+    parts = [f"{len(keys)} {what}, e.g. {keys[0]}" for what, keys in
+             (("of another shape", mismatched), ("missing from the checkpoint", missing),
+              ("in the checkpoint but not in the config", unexpected), ("load errors", errors)) if keys]
+    return "; ".join(parts) or None
+
+
 class ModelSource:
     """A resolved `--csm-model` value; `load` gives a model on one device in one dtype."""
 
@@ -217,15 +242,15 @@ class ModelSource:
                 location,
                 attn_implementation="sdpa",
                 output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported below, by name and shape, as an error
                 **_from_pretrained_kwargs(dtype),
             )
-        except (OSError, ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"could not load '{self.spec}' on {device}: {first}") from None
-        missing = [k for k in info.get("missing_keys", []) if "depth_decoder.model.embed_tokens" not in k]
-        if missing or info.get("mismatched_keys"):
-            what = missing or [str(m) for m in info["mismatched_keys"]]
-            raise ModelError(f"weights in '{self.spec}' do not match its config: {len(what)} tensors missing or mismatched, e.g. {what[0]}")
+        except Exception as exc:  # noqa: BLE001  safetensors, tokenizers and the hub raise their own types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ModelError(f"could not load '{self.spec}' on {device}: {type(exc).__name__}: {first}") from None
+        problem = weights_mismatch(info)
+        if problem:
+            raise ModelError(f"weights in '{self.spec}' do not match its config.json: {problem}")
         model = model.to(device)  # no device_map: that would need accelerate, whose NPU detection is fragile
         if self.kind == "embedded-tiny":
             identity = ModelIdentity(self.key, self.kind, "built in", None, state_digest(model) if dtype == torch.float32 else tiny_weights_digest())

@@ -42,7 +42,9 @@ OPTIONS = [
     Option("--csm-min-cosine", "CSM_MIN_COSINE", 0.9999, "logits cosine every case must exceed, whatever its bounds", "float"),
     Option("--csm-golden-min-cosine", "CSM_GOLDEN_MIN_COSINE", 0.99999, "cosine of today's CPU reference against the golden one", "float"),
     Option("--csm-golden-max-rel-error", "CSM_GOLDEN_MAX_REL_ERROR", 1e-4, "relative error of today's CPU reference against the golden one", "float"),
-    Option("--csm-fault", "CSM_FAULT", [], "plant a fault in the device model (self-tests): weight:<param>[:<scale>], rope, nan:<module>, sleep:<ms>, slowdown:<fraction>, leak:<MiB>", "list"),
+    Option("--csm-fault", "CSM_FAULT", [], "plant a fault in the device model (self-tests): weight:<param>[:<scale>], rope, nan:<module>, sleep:<ms>, slowdown:<fraction>, leak:<MiB>, raise:<frame>, hang:<frame>", "list"),
+    Option("--csm-localize", "CSM_LOCALIZE", False, "localize the first diverging module for every prompt case, not only for failing ones", "bool"),
+    Option("--csm-dump", "CSM_DUMP", "", "save per-module output dumps (device and reference) to this directory, for offline comparison between stacks"),
     # performance gate
     Option("--csm-workloads", "CSM_WORKLOADS", "", "performance workload catalogue YAML (default: tests/data/performance_workloads.yaml)"),
     Option("--csm-workload", "CSM_WORKLOAD", [], "time only these workload ids (repeatable, or comma-separated)", "list"),
@@ -115,6 +117,8 @@ class Settings:
     csm_golden_min_cosine: float = 0.99999
     csm_golden_max_rel_error: float = 1e-4
     csm_fault: list = field(default_factory=list)
+    csm_localize: bool = False
+    csm_dump: str = ""
     csm_workloads: str = ""
     csm_workload: list = field(default_factory=list)
     csm_perf_modes: list = field(default_factory=lambda: ["eager", "compiled"])

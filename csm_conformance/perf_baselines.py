@@ -154,6 +154,9 @@ class BaselineFile:
             for name, fig in extra["figures"].items():
                 if not isinstance(fig, dict) or not isinstance(fig.get("value"), (int, float)):
                     raise BaselineError(f"performance baseline {path}: {extra['case']}: figure '{name}' has no numeric value")
+                if name in GATED and not (math.isfinite(fig["value"]) and fig["value"] > 0):
+                    # the comparison skips such a figure: it would be ungated without a word
+                    raise BaselineError(f"performance baseline {path}: {extra['case']}: figure '{name}' is {fig['value']}, not a positive number")
             entries[extra["case"]] = bench
         return cls(path, data, entries)
 

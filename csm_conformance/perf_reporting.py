@@ -75,10 +75,17 @@ def detail_lines(perf) -> list[str]:
     return out
 
 
-def write_reports(perf, machine_info: dict, commit_info: dict, version: str) -> list[Path]:
+def skipped_lines(skipped: list[dict]) -> list[str]:
+    """One line per performance test that was not timed, with the reason pytest gave."""
+    return [f"{s['test']}: {s['status'].upper()}: {s['reason']}" for s in skipped]
+
+
+def write_reports(perf, machine_info: dict, commit_info: dict, version: str, skipped: list[dict] = ()) -> list[Path]:
+    """`skipped`: the performance tests of this run that were skipped (or failed for it under
+    --csm-strict); they are listed, and counted, so an untimed test never reads as a pass."""
     out_dir = perf.settings.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = perf.meta()
+    meta = {**perf.meta(), "skipped": list(skipped)}
     document = {
         "machine_info": machine_info,
         "commit_info": commit_info,
@@ -93,6 +100,8 @@ def write_reports(perf, machine_info: dict, commit_info: dict, version: str) -> 
     counts: dict[str, int] = {}
     for r in perf.results:
         counts[r.status] = counts.get(r.status, 0) + 1
+    for sk in skipped:
+        counts[sk["status"]] = counts.get(sk["status"], 0) + 1
     lines = [
         "CSM conformance: performance summary",
         f"model:      {model.get('key')} | weights {model.get('weights_digest')} | {model.get('claim')}",
@@ -107,6 +116,8 @@ def write_reports(perf, machine_info: dict, commit_info: dict, version: str) -> 
     ]
     if meta["planted_faults"]:
         lines.append("faults:     " + "; ".join(meta["planted_faults"]))
+    if skipped:
+        lines += ["not timed: " + line for line in skipped_lines(skipped)]
     lines += ["", *console_table(perf), "", *detail_lines(perf)]
     summary_path = out_dir / "performance_summary.txt"
     summary_path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -24,6 +24,11 @@ class ConformanceError(RuntimeError):
     """A setup problem the user must fix; the message is one line."""
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The device model produced NaN or Inf where a check needed numbers; the message is one
+    line naming the case, the check and the output."""
+
+
 @dataclass
 class MetricRow:
     metric: str
@@ -163,14 +168,38 @@ class ConformanceSession:
 
     # ---- the gate -----------------------------------------------------------------------
     def nonfinite_result(self, case: str, check: str, **tensors: torch.Tensor) -> CheckResult | None:
-        bad = {name: (metrics.nonfinite_count(t), t.numel()) for name, t in tensors.items() if metrics.nonfinite_count(t)}
+        """A failed result naming every output (by its keyword) that holds NaN or Inf, or None."""
+        bad = {name: metrics.describe_nonfinite(t) for name, t in tensors.items()}
+        bad = {name: what for name, what in bad.items() if what}
         if not bad:
             return None
         result = CheckResult(case, check, status="failed")
-        for name, (count, total) in bad.items():
-            result.messages.append(f"{name} has {count} non-finite values (NaN/Inf) out of {total}")
+        for name, what in bad.items():
+            result.messages.append(f"{name} has non-finite values (NaN/Inf): {what}")
         self.results.append(result)
         return result
+
+    def device_generation(self, case: PromptCase, frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device's seeded generation (codes, audio). When sampling fails because the device's
+        logits are not finite (torch.multinomial rejects NaN/Inf probabilities), the generation
+        check is recorded as failed and NonFiniteOutputError names the output that went bad,
+        instead of the sampler's error from deep inside generate."""
+        try:
+            return probes.seeded_generation(self.target, case, frames, seed)
+        except RuntimeError as exc:
+            try:
+                outputs = {"device_backbone_logits": probes.backbone_logits(self.target, case, context_codec=self.reference)}
+                if self.reference is not None:
+                    outputs["device_depth_logits"] = probes.depth_decoder_logits(
+                        self.target, case, self.ref_codes(case), context_codec=self.reference)
+            except Exception:  # noqa: BLE001  the device cannot run a forward now: its first error is the report
+                outputs = {}
+            result = self.nonfinite_result(case.id, "generation", **outputs)
+            if result is None:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            result.messages.append(f"generation stopped at sampling ({type(exc).__name__}: {first})")
+            raise NonFiniteOutputError(result.failure_text()) from exc
 
     def evaluate(self, case: str, check: str, values: dict[str, float], floors: dict[str, float] | None = None,
                  invariants: dict[str, tuple[float, str, float]] | None = None, use_bounds: bool = True) -> CheckResult:

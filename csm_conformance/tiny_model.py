@@ -251,6 +251,7 @@ def write_model_dir(target: Path) -> Path:
         eos_token=SPECIAL_TOKENS[EOS_ID],
         pad_token=SPECIAL_TOKENS[AUDIO_ID],
         model_max_length=1024,
+        model_input_names=["input_ids", "attention_mask"],  # as Llama-3's; 4.x adds token_type_ids otherwise
     )
     feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=24000, padding_value=0.0)
     processor = CsmProcessor(

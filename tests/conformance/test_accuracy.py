@@ -4,40 +4,85 @@ the `csm` fixture holds the device under test and the CPU float32 reference."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from csm_conformance import golden, metrics, probes, reporting
+from csm_conformance import golden, localize, metrics, probes, reporting
 from csm_conformance.bounds import BaselineError
 from csm_conformance.plugin import assert_passed
 
 pytestmark = pytest.mark.accuracy
 
 
-def test_backbone_logits(csm, prompt_case):
+@pytest.fixture(scope="session")
+def localized() -> dict:
+    """Localizations run so far, by case id: a case is localized once, whichever check asks first."""
+    return {}
+
+
+def _run_localizer(csm, case):
+    """Capture, compare, write output/localize/<case>.{txt,png,json} (and the dump under
+    --csm-dump); a localizer that cannot run gives a one-line note, never a different failure."""
+    try:
+        loc, sides = localize.localize_case(csm, case)
+        paths = loc.write(csm.settings.output_dir / "localize", case.id)
+        if csm.settings.csm_dump:
+            localize.save_dump(Path(csm.settings.csm_dump) / case.id, sides)
+    except Exception as exc:  # a diagnostic must not mask the check's own verdict
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"localizer could not run: {type(exc).__name__}: {first}"
+    return loc, paths[1].read_bytes()
+
+
+def localize_check(csm, case, result, localized: dict) -> None:
+    """After a backbone, depth or Mimi-decode check: when it failed (or --csm-localize / --csm-dump
+    ask for every case), name the first module whose output left the reference in the failure
+    message, and attach the per-module table and plot."""
+    settings = csm.settings
+    if result.status != "failed" and not (settings.csm_localize or settings.csm_dump):
+        return
+    if case.id not in localized:
+        localized[case.id] = _run_localizer(csm, case)
+    outcome = localized[case.id]
+    if isinstance(outcome, str):
+        if result.status == "failed":
+            result.messages.append(outcome)
+        return
+    loc, png = outcome
+    if result.status == "failed":
+        result.messages.append(loc.summary())
+    reporting.attach_json(f"{case.id} localize: per-module table", {**loc.as_dict(), "table": loc.table()})
+    reporting.attach_png(f"{case.id} localize: 1 - cosine and rel err per module", png)
+
+
+def test_backbone_logits(csm, prompt_case, localized):
     ref = csm.ref_backbone_logits(prompt_case)
     dev = probes.backbone_logits(csm.target, prompt_case, context_codec=csm.reference)
     result = csm.check_logits(prompt_case.id, "backbone_logits", ref, dev)
+    localize_check(csm, prompt_case, result, localized)
     reporting.attach_json(f"{prompt_case.id} backbone_logits", result.as_dict())
     assert_passed(result)
 
 
-def test_depth_decoder_logits(csm, prompt_case):
+def test_depth_decoder_logits(csm, prompt_case, localized):
     codes = csm.ref_codes(prompt_case)
     ref = csm.ref_depth_logits(prompt_case)
     dev = probes.depth_decoder_logits(csm.target, prompt_case, codes, context_codec=csm.reference)
     result = csm.check_logits(prompt_case.id, "depth_logits", ref, dev)
+    localize_check(csm, prompt_case, result, localized)
     reporting.attach_json(f"{prompt_case.id} depth_logits", result.as_dict())
     assert_passed(result)
 
 
-def test_mimi_decode(csm, decode_case):
+def test_mimi_decode(csm, decode_case, localized):
     ref = csm.ref_decode(decode_case)
     dev = probes.mimi_decode(csm.target, csm.codec_codes(decode_case))
     result = csm.nonfinite_result(decode_case.id, "mimi_decode", reference=ref, device=dev)
     if result is None:
         result = csm.evaluate(decode_case.id, "mimi_decode", metrics.waveform_metrics(ref, dev))
+    localize_check(csm, decode_case, result, localized)
     reporting.attach_json(f"{decode_case.id} mimi_decode", result.as_dict())
     reporting.attach_wav(f"{decode_case.id} device decode", dev.numpy())
     assert_passed(result)

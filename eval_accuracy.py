@@ -1,0 +1,13 @@
+#!/usr/bin/env python3
+"""The seed's accuracy command: `pytest -m accuracy` on the conformance suite, extra arguments passed
+to pytest; names the reports it wrote (README, "The seed's commands")."""
+
+from __future__ import annotations
+
+import sys
+
+from csm_conformance import cli
+
+if __name__ == "__main__":
+    run = cli.SuiteRun("accuracy", sys.argv[1:], "eval_accuracy.py")
+    sys.exit(run.finish(run.command()()))  # called here, at the `pytest` command's own call depth

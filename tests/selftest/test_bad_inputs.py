@@ -1,0 +1,178 @@
+"""Bad input ends in one line and a red result, never a traceback wall or a silent pass.
+
+The cases test_gate.py, test_options.py, test_cases_and_model.py and test_perf_gate.py already
+cover (missing model path, cuda absent, unknown case id, bad dtype, corrupt bounds, corrupt golden,
+corrupt performance baseline, zero rounds, catalogue syntax) are not repeated here. These are the
+rest: model directories that are not a CSM checkpoint or whose weights do not fit their config,
+an absent NPU, an empty catalogue, baselines that parse but would disable their gate, and
+non-finite device outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from csm_conformance import cases, devices, models, tiny_model
+from csm_conformance.bounds import BaselineError, BoundsBook
+from csm_conformance.options import settings_from
+from csm_conformance.perf_baselines import BaselineFile
+from csm_conformance.session import ConformanceSession, NonFiniteOutputError
+from test_gate import ROOT, one_line_error, run_suite
+
+pytestmark = pytest.mark.selftest
+
+
+def _copy_tiny(target: Path, **config_changes) -> Path:
+    shutil.copytree(tiny_model.ensure_tiny_model_dir(), target)
+    config = json.loads((target / "config.json").read_text())
+    config.update(config_changes)
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Copies of the embedded checkpoint, each broken in one way."""
+    root = tmp_path_factory.mktemp("models")
+    (root / "no_config").mkdir()
+    (root / "no_config" / "model.safetensors").write_bytes(b"")
+    (root / "bert").mkdir()
+    (root / "bert" / "config.json").write_text('{"model_type": "bert", "hidden_size": 64}')
+    (root / "bert" / "model.safetensors").write_bytes(b"")
+    dirs = {
+        "no_config": root / "no_config",
+        "bert": root / "bert",
+        "wider_ffn": _copy_tiny(root / "wider_ffn", intermediate_size=256),
+        "more_layers": _copy_tiny(root / "more_layers", num_hidden_layers=3),
+        "fewer_layers": _copy_tiny(root / "fewer_layers", num_hidden_layers=1),
+        "truncated": _copy_tiny(root / "truncated"),
+    }
+    weights = dirs["truncated"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return dirs
+
+
+@pytest.mark.parametrize("which,needle", [
+    ("no_config", "has no config.json"),
+    ("bert", "describes model_type 'bert', not 'csm'"),
+    ("wider_ffn", "do not match its config.json: 6 of another shape, e.g. backbone_model.layers.0.mlp.down_proj.weight"),
+])
+def test_model_that_is_not_this_checkpoint_ends_the_run(pytester, model_dirs, which, needle):
+    one_line_error(run_suite(pytester, "--csm-case", "short_en", "--csm-model", str(model_dirs[which])), needle)
+
+
+@pytest.mark.parametrize("which,needle", [
+    ("wider_ffn", "6 of another shape, e.g. backbone_model.layers.0.mlp.down_proj.weight"),
+    ("more_layers", "9 missing from the checkpoint, e.g. backbone_model.layers.2."),
+    ("fewer_layers", "9 in the checkpoint but not in the config, e.g. backbone_model.layers.1."),
+    ("truncated", "could not load"),
+])
+def test_weights_that_do_not_fit_the_config_are_an_error(model_dirs, which, needle):
+    """transformers initialises missing tensors at random, drops unused ones and (asked to ignore
+    sizes) re-initialises reshaped ones, with a warning: each would test some other model."""
+    with pytest.raises(models.ModelError, match=re.escape(needle)) as err:
+        models.ModelSource(str(model_dirs[which])).load("cpu", torch.float32)
+    assert "\n" not in str(err.value)
+
+
+def test_absent_npu_ends_the_run(pytester):
+    if devices._available("npu"):
+        pytest.skip("this machine has an NPU")
+    one_line_error(run_suite(pytester, "--csm-device", "npu"), "no npu device is available")
+
+
+def test_empty_catalogue_ends_the_run(pytester, tmp_path):
+    catalogue = tmp_path / "empty.yaml"
+    catalogue.write_text("# every case was deleted\n")
+    one_line_error(run_suite(pytester, "--csm-cases", str(catalogue)), "holds no cases")
+
+
+def test_empty_catalogue_file_is_the_same_error(tmp_path):
+    (tmp_path / "blank.yaml").write_text("")
+    with pytest.raises(cases.CatalogueError, match="holds no cases"):
+        cases.load_catalogue(tmp_path / "blank.yaml")
+
+
+def test_bounds_that_would_pass_anything_are_corrupt(tmp_path):
+    path = tmp_path / "cpu-bfloat16.json"
+    path.write_text(json.dumps({"schema": 1, "cases": {"short_en": {"backbone_logits": {"mae": {"bound": float("inf")}}}}}))
+    with pytest.raises(BaselineError, match="has inf at short_en/backbone_logits/mae"):
+        BoundsBook.load(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), 0.0, -1.0])
+def test_performance_baseline_with_unusable_figure_is_corrupt(tmp_path, value):
+    """compare_figures skips a figure it cannot divide by: loading must refuse it instead."""
+    source = next((ROOT / "baselines" / "performance").rglob("bfloat16-eager.json"))
+    data = json.loads(source.read_text())
+    data["benchmarks"][0]["extra_info"]["figures"]["frame_ms_median"]["value"] = value
+    path = tmp_path / "bfloat16-eager.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match="figure 'frame_ms_median' is .*not a positive number"):
+        BaselineFile.load(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_session() -> ConformanceSession:
+    session = ConformanceSession(settings_from({"csm_device": "cpu", "csm_case": ["short_en"]}, environ={}))
+    session.load_models()
+    return session
+
+
+def test_nonfinite_outputs_are_named_with_nan_and_inf_counts(tiny_session):
+    good = torch.zeros(4, 8)
+    bad = torch.zeros(4, 8)
+    bad[0, 0], bad[1, 1], bad[2, 2] = float("nan"), float("inf"), -float("inf")
+    result = tiny_session.nonfinite_result("case", "check", reference=good, device=bad)
+    assert result.status == "failed"
+    assert result.messages == ["device has non-finite values (NaN/Inf): 1 NaN and 2 Inf of 32 values"]
+    assert tiny_session.nonfinite_result("case", "check", reference=good, device=good) is None
+
+
+def test_inf_logits_fail_generation_with_one_line_naming_them(tiny_session):
+    """An Inf in the device's codebook-0 logits makes sampling fail; the check says which output
+    went non-finite instead of passing on the sampler's error."""
+    case = tiny_session.catalogue.prompts[0]
+
+    def plant_inf(_module, _inputs, output):
+        output.view(-1)[0] = float("inf")
+        return output
+
+    handle = tiny_session.target.model.lm_head.register_forward_hook(plant_inf)
+    try:
+        with pytest.raises(NonFiniteOutputError) as err:
+            tiny_session.device_generation(case, 2, seed=0)
+    finally:
+        handle.remove()
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("short_en/generation: device_backbone_logits has non-finite values (NaN/Inf): 0 NaN and 1 Inf of")
+    assert "generation stopped at sampling" in message
+    assert tiny_session.results[-1].status == "failed" and tiny_session.results[-1].check == "generation"
+    codes, audio = tiny_session.device_generation(case, 2, seed=0)  # the hook is gone: finite again
+    assert codes.shape[0] == 2 and bool(torch.isfinite(audio).all())
+
+
+def test_a_crash_with_finite_outputs_is_reraised_unchanged(tiny_session):
+    """Only a non-finite output is renamed; any other crash in generation keeps its own error."""
+    case = tiny_session.catalogue.prompts[0]
+    calls = []
+
+    def crash_once(*_):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("device lost")
+
+    handle = tiny_session.target.model.backbone_model.register_forward_hook(crash_once)
+    try:
+        with pytest.raises(RuntimeError, match="^device lost$") as err:
+            tiny_session.device_generation(case, 2, seed=0)
+    finally:
+        handle.remove()
+    assert not isinstance(err.value, NonFiniteOutputError)

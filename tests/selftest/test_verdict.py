@@ -1,0 +1,182 @@
+"""The upgrade verdict: SAFE only when nothing got worse, REGRESSED names what did, INCONCLUSIVE
+names what is missing; bad input is one line. The last test feeds it two real runs of the gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from csm_conformance import verdict
+
+from test_gate import run_suite
+
+pytestmark = pytest.mark.selftest
+
+MODEL = {"key": "embedded-tiny-csm", "kind": "embedded-tiny", "claim": "embedded tiny CSM, seeded random weights: NOT a real-weight result"}
+DEVICE = {"device": "cpu", "type": "cpu", "name": "Test CPU", "count": 2, "fingerprint": "cpu|Test CPU|x2"}
+TESTS = ["test_backbone_logits[short_en]", "test_generation[short_32t-b1-eager]"]
+
+
+def accuracy_doc(transformers: str, cosine: float = 0.99997, status: str = "passed") -> dict:
+    return {
+        "model": MODEL, "device": DEVICE, "dtype": "bfloat16",
+        "versions": {"python": "3.11", "torch": "2.13.0", "transformers": transformers},
+        "settings": {"planted_faults": []},
+        "results": [{"case": "short_en", "check": "backbone_logits", "status": status,
+                     "messages": [] if status == "passed" else [f"cosine {cosine} outside >= 0.9999 (floor)"],
+                     "metrics": {"cosine": {"value": cosine, "bound": 0.9999, "rule": "floor", "ok": status == "passed"},
+                                 "rel_error": {"value": 0.008, "bound": 0.012, "rule": "bound", "ok": True}}}],
+    }
+
+
+def perf_doc(transformers: str, frame_ms: float = 10.0, cv: float = 0.01) -> dict:
+    figures = {"rtf": {"value": frame_ms / 80.0, "cv": cv}, "frame_ms_median": {"value": frame_ms, "cv": cv},
+               "peak_memory_mb": {"value": 100.0, "cv": 0.0}}
+    return {"benchmarks": [], "csm": {
+        "model": MODEL, "device": DEVICE, "dtype": "bfloat16", "planted_faults": [],
+        "versions": {"python": "3.11", "torch": "2.13.0", "transformers": transformers},
+        "settings": {"tolerances": {"time": [0.05, 0.0], "cpu.time": [0.3, 0.0], "memory": [0.03, 0.0]}, "noise_factor": 3.0},
+        "results": [{"case": "short_32t-b1-eager", "mode": "eager", "status": "passed", "figures": figures}],
+    }}
+
+
+def junit(outcomes: dict[str, str]) -> str:
+    body = {"passed": "", "failed": "<failure message='x'/>", "error": "<error message='x'/>", "skipped": "<skipped message='x'/>"}
+    cases = "".join(f"<testcase classname='tests.conformance.t' name='{n}'>{body[s]}</testcase>" for n, s in outcomes.items())
+    return f"<?xml version='1.0'?><testsuites><testsuite name='pytest'>{cases}</testsuite></testsuites>"
+
+
+def write_side(path: Path, accuracy: dict | None, performance: dict | None, outcomes: dict[str, str] | None, status: dict | None = None) -> Path:
+    path.mkdir(parents=True)
+    for name, doc in ((verdict.ACCURACY_FILE, accuracy), (verdict.PERFORMANCE_FILE, performance), (verdict.STATUS_FILE, status)):
+        if doc is not None:
+            (path / name).write_text(json.dumps(doc))
+    if outcomes is not None:
+        (path / verdict.JUNIT_FILE).write_text(junit(outcomes))
+    return path
+
+
+@pytest.fixture
+def before(tmp_path):
+    return write_side(tmp_path / "current", accuracy_doc("5.24.0"), perf_doc("5.24.0"), dict.fromkeys(TESTS, "passed"))
+
+
+def judge(tmp_path, before, capsys, **after) -> tuple[int, dict, str]:
+    defaults = {"accuracy": accuracy_doc("5.25.0"), "performance": perf_doc("5.25.0"), "outcomes": dict.fromkeys(TESTS, "passed")}
+    defaults.update(after)
+    after_dir = write_side(tmp_path / "candidate", **defaults)
+    code = verdict.main(["--before", str(before), "--after", str(after_dir), "--output", str(tmp_path / "verdict")])
+    report = json.loads((tmp_path / "verdict" / "verdict.json").read_text())
+    markdown = (tmp_path / "verdict" / "verdict.md").read_text()
+    assert markdown.startswith(f"# Upgrade verdict: {report['verdict']}"), markdown[:200]
+    assert capsys.readouterr().out.startswith(f"csm-conformance verdict: {report['verdict']}")
+    return code, report, markdown
+
+
+def test_same_results_are_safe_and_the_report_shows_before_and_after(tmp_path, before, capsys):
+    code, report, markdown = judge(tmp_path, before, capsys)
+    assert (code, report["verdict"]) == (0, "SAFE")
+    assert "| transformers | 5.24.0 | 5.25.0 (changed) |" in markdown
+    assert "| short_en | backbone_logits | passed | passed | rel_error | 0.008 | 0.008 | <= 0.012 |" in markdown
+    assert "| frame_ms_median | 10ms | 10ms | +0.0% | +30.0% | ok |" in markdown
+    assert "NOT a real-weight result" in markdown
+
+
+def test_an_accuracy_failure_only_on_the_candidate_is_a_regression(tmp_path, before, capsys):
+    outcomes = {TESTS[0]: "failed", TESTS[1]: "passed"}
+    code, report, _ = judge(tmp_path, before, capsys, accuracy=accuracy_doc("5.25.0", 0.998, "failed"), outcomes=outcomes)
+    assert (code, report["verdict"]) == (1, "REGRESSED")
+    assert "test_backbone_logits[short_en]" in report["headline"]
+    assert any("accuracy short_en/backbone_logits outside its bound" in r and "cosine 0.998" in r for r in report["reasons"])
+
+
+@pytest.mark.parametrize("frame_ms, expected", [(14.0, "REGRESSED"), (11.0, "SAFE"), (5.0, "SAFE")])
+def test_performance_is_judged_against_the_current_stack_with_the_runs_tolerance(tmp_path, before, capsys, frame_ms, expected):
+    code, report, _ = judge(tmp_path, before, capsys, performance=perf_doc("5.25.0", frame_ms))
+    assert report["verdict"] == expected, report["headline"]
+    assert code == verdict.EXIT[expected]
+    if expected == "REGRESSED":
+        assert "performance short_32t-b1-eager: frame_ms_median +40.0% (tolerance +30.0%)" in report["headline"]
+    if frame_ms < 10:
+        assert any("faster or leaner on candidate: short_32t-b1-eager" in n for n in report["notes"])
+
+
+def test_noise_widens_the_tolerance_as_the_gate_does(tmp_path, before, capsys):
+    _, report, _ = judge(tmp_path, before, capsys, performance=perf_doc("5.25.0", 14.0, cv=0.2))
+    assert report["verdict"] == "SAFE"
+    assert report["performance"][0]["comparisons"][0]["tolerance"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"performance": None}, "no performance report (performance_benchmark.json) for candidate"),
+    ({"outcomes": {TESTS[0]: "passed", TESTS[1]: "skipped"}}, "1 test(s) ran on current but not on candidate: test_generation"),
+    ({"outcomes": None}, "no junit.xml in"),
+])
+def test_missing_evidence_is_inconclusive_and_says_what(tmp_path, before, capsys, change, needle):
+    code, report, _ = judge(tmp_path, before, capsys, **change)
+    assert (code, report["verdict"]) == (3, "INCONCLUSIVE")
+    assert needle in report["headline"]
+
+
+def test_a_planted_fault_or_another_device_is_inconclusive(tmp_path, before, capsys):
+    faulty = accuracy_doc("5.25.0")
+    faulty["settings"]["planted_faults"] = ["RoPE scaling dropped"]
+    faulty["device"] = dict(DEVICE, device="cuda:0")
+    _, report, _ = judge(tmp_path, before, capsys, accuracy=faulty)
+    assert report["verdict"] == "INCONCLUSIVE"
+    assert "candidate run has a planted fault: RoPE scaling dropped" in report["headline"]
+    assert "different runs" in report["headline"]
+
+
+def test_a_test_failing_on_both_stacks_is_inconclusive_and_one_fixed_is_a_note(tmp_path, capsys):
+    broken = write_side(tmp_path / "current", accuracy_doc("5.24.0"), perf_doc("5.24.0"), dict.fromkeys(TESTS, "failed"))
+    _, report, _ = judge(tmp_path, broken, capsys, outcomes={TESTS[0]: "failed", TESTS[1]: "passed"})
+    assert report["verdict"] == "INCONCLUSIVE"
+    assert "1 test(s) fail on both stacks, so they cannot judge the candidate: test_backbone_logits[short_en]" in report["headline"]
+    assert "1 test(s) fail on current and pass on candidate: test_generation[short_32t-b1-eager]" in report["notes"]
+
+
+def test_a_candidate_that_stops_at_setup_is_a_regression(tmp_path, before, capsys):
+    _, report, _ = judge(tmp_path, before, capsys, accuracy=None, performance=None, outcomes={},
+                         status={"exitstatus": 4, "setup_error": "model /m: cannot load"})
+    assert report["verdict"] == "REGRESSED"
+    assert "candidate stopped at setup: model /m: cannot load" in report["headline"]
+
+
+@pytest.mark.parametrize("breakage, needle", [
+    (lambda p: (p / verdict.ACCURACY_FILE).write_text("{not json"), "accuracy_evaluation.json is not readable JSON"),
+    (lambda p: (p / verdict.JUNIT_FILE).write_text("<testsuites"), "junit.xml is not readable JUnit XML"),
+    (lambda p: (p / verdict.PERFORMANCE_FILE).write_text("{}"), "has no 'csm' block"),
+])
+def test_corrupt_reports_are_one_line_errors(tmp_path, before, capsys, breakage, needle):
+    after = write_side(tmp_path / "candidate", accuracy_doc("5.25.0"), perf_doc("5.25.0"), dict.fromkeys(TESTS, "passed"))
+    breakage(after)
+    assert verdict.main(["--before", str(before), "--after", str(after), "--output", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+
+
+def test_a_missing_directory_is_a_one_line_error(tmp_path, before, capsys):
+    assert verdict.main(["--before", str(before), "--after", str(tmp_path / "nope"), "--output", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert "nope is not a directory" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "v").exists()
+
+
+def test_real_runs_a_clean_stack_against_a_faulty_one(pytester, tmp_path, capsys):
+    """Two real runs of the accuracy gate: the clean one as 'current', one with a perturbed
+    backbone weight as the 'candidate'. The verdict must be REGRESSED and name the case."""
+    runs = {}
+    for label, fault in (("current", []), ("candidate", ["--csm-fault", "weight:backbone_model.layers.0.mlp.down_proj.weight:0.05"])):
+        out = pytester.path / label
+        result = run_suite(pytester, "--csm-case", "short_en", f"--csm-output={out}", f"--junitxml={out / 'junit.xml'}", *fault)
+        runs[label] = (result.ret, out)
+    assert runs["current"][0] == 0 and runs["candidate"][0] == 1
+    code = verdict.main(["--before", str(runs["current"][1]), "--after", str(runs["candidate"][1]), "--output", str(tmp_path / "v")])
+    report = json.loads((tmp_path / "v" / "verdict.json").read_text())
+    assert (code, report["verdict"]) == (1, "REGRESSED"), report["headline"]
+    assert "short_en" in report["headline"]
+    assert any("candidate run has a planted fault" in n for n in report["notes"])
+    assert "no performance report" in " ".join(report["notes"])
