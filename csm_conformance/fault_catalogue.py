@@ -58,7 +58,7 @@ LAYER = "backbone_model.layers.0"
 SWEEP_WEIGHT = f"{LAYER}.mlp.down_proj.weight"
 SWEEP_WEIGHT_SCALES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 SWEEP_SLOWDOWNS = (0.02, 0.05, 0.1, 0.2, 0.5)
-HANG_TIMEOUT_S = 20
+HANG_TIMEOUT_S = 15
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,8 @@ def run_suite(workdir: Path, args: list[str], faults: list[str] = (), baselines:
     cmd += [f"--csm-fault={f}" for f in faults]
     if baselines is not None:
         cmd.append(f"--csm-baselines={baselines}")
-    if timeout_s:
-        cmd += ["--timeout", f"{timeout_s:g}", "-o", "timeout_method=signal"]
+    if timeout_s:  # the test body only: a model load slowed by a busy machine is not the hang
+        cmd += ["--timeout", f"{timeout_s:g}", "-o", "timeout_method=signal", "-o", "timeout_func_only=true"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CSM_")}  # the catalogue's settings only
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
@@ -203,6 +203,14 @@ def _place_text(gate: str, text: str) -> str:
     return _without_fault_notes(text)
 
 
+def _perf_tolerances(run: Run) -> dict:
+    """The effective tolerance (after noise widening) of each gated figure the run compared."""
+    for result in (run.perf_report or {}).get("csm", {}).get("results", []):
+        if result.get("mode") != "load":
+            return {c["metric"]: c["tolerance"] for c in result.get("comparisons", [])}
+    return {}
+
+
 def _perf_numbers(run: Run) -> tuple[dict, dict]:
     """(CV, relative change vs baseline) per gated figure of the generation benchmark."""
     for result in (run.perf_report or {}).get("csm", {}).get("results", []):
@@ -215,20 +223,22 @@ def _perf_numbers(run: Run) -> tuple[dict, dict]:
 
 def judge(entry: Entry, run: Run, baseline_cv: dict | None = None, clean_after: Run | None = None) -> Outcome:
     """Did the faulty `run` go red in the entry's gate, naming the place? With `clean_after` (the
-    same set-up run clean right after the faulty one, against the same baseline), a red run does
-    not count as caught when the clean one failed too in the same place (or crashed): on a busy
-    machine the load alone can push timings past any tolerance, and a "catch" the machine would
-    have made without the fault proves nothing. (A clean failure elsewhere still counts as a
-    false alarm of the set-up.)"""
+    same set-up run clean right after the faulty one, against the same baseline): when the clean
+    run failed too in the same place (or crashed), the machine's drift alone may explain the red,
+    and the catch stands only if the faulty run's change in that figure exceeds the clean run's
+    change by more than the figure's tolerance. (A clean failure counts as a false alarm of the
+    set-up either way.)"""
     in_gate = [(test, text) for g, test, text in run.failures if g == entry.gate]
     red = run.exit_code == 1 and bool(in_gate)
-    after, noise_in_place = None, False
+    after, drift_explains = None, False
     if clean_after is not None:
         after = "passed" if clean_after.exit_code == 0 else f"FALSE ALARM (exit {clean_after.exit_code}): {_first_line(clean_after, 'any')}"
         after_texts = [text for g, _test, text in clean_after.failures if g == entry.gate]
-        noise_in_place = clean_after.exit_code != 0 and (
-            not after_texts or any(entry.place in _place_text(entry.gate, t) for t in after_texts))
-    caught = red and not noise_in_place
+        if clean_after.exit_code != 0 and (not after_texts or any(entry.place in _place_text(entry.gate, t) for t in after_texts)):
+            fault_change, after_change = _perf_numbers(run)[1].get(entry.place), _perf_numbers(clean_after)[1].get(entry.place)
+            tolerance = _perf_tolerances(run).get(entry.place)
+            drift_explains = None in (fault_change, after_change, tolerance) or fault_change - after_change <= tolerance
+    caught = red and not drift_explains
     named = red and any(entry.place in _place_text(entry.gate, text) for _test, text in in_gate)
     cv, change = _perf_numbers(run)
     return Outcome(entry.id, list(entry.faults), entry.gate, caught, entry.place, named, _first_line(run, entry.gate),
@@ -342,7 +352,7 @@ def _cell(text: str) -> str:
 def _caught(o: dict) -> str:
     if o["caught"]:
         return "yes"
-    return "NO: the clean run after it failed there too" if o["red"] else "NO"
+    return "NO: the clean run after it drifted as far" if o["red"] else "NO"
 
 
 def _cvs(cv: dict, base: dict) -> str:

@@ -284,6 +284,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         exc = call.excinfo.value
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         report.longrepr = f"{item.name}: the device model raised {type(exc).__name__}: {first} (-vv for the traceback)"
+    elif (report.when == "call" and report.failed and call.excinfo is not None and item.config.option.verbose < 2
+          and str(call.excinfo.value).startswith("Timeout (>")):  # pytest-timeout: say where it hung
+        at = call.excinfo.traceback.filter(call.excinfo)[-1]
+        report.longrepr = f"{item.name}: {call.excinfo.value} while in {at.name} ({at.path}:{at.lineno + 1}) (-vv for the traceback)"
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = _skip_reason(report)
         strict = _session(item.config) is not None and _session(item.config).settings.csm_strict

@@ -76,7 +76,7 @@ def test_nan_in_outputs_is_red_with_one_line(pytester):
     result = run_suite(pytester, *FAST, "--csm-fault", "nan:backbone_model.layers.0")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*non-finite values (NaN/Inf)*"])
-    result.stdout.fnmatch_lines(["*the device model raised RuntimeError*"])
+    result.stdout.fnmatch_lines(["*short_en/generation: device_backbone_logits has non-finite values*"])
 
 
 def test_missing_bounds_reported_and_strict_fails(pytester, tmp_path):
