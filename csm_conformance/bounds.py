@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .metrics import METRICS, from_error, to_error
+from .metrics import better, from_error, kind, known, to_error
 
 SCHEMA = 1
 FLOORS = {  # in error form
@@ -55,8 +55,8 @@ def bounds_path(baselines_dir: Path, model_key: str, device_type: str, dtype: st
 
 def bound_from_measurement(metric: str, value: float, margin: float) -> float:
     error = to_error(metric, value)
-    bound = from_error(metric, error * (1.0 + margin) + FLOORS.get(metric, 0.0))
-    if METRICS[metric][0] == "higher" and metric != "snr_db":
+    bound = from_error(metric, error * (1.0 + margin) + FLOORS.get(kind(metric), 0.0))
+    if better(metric) == "higher" and kind(metric) != "snr_db":
         bound = max(bound, 0.0)
     return bound
 
@@ -78,7 +78,7 @@ class BoundsBook:
         for case, checks in data["cases"].items():
             for check, metrics in (checks or {}).items():
                 for metric, entry in (metrics or {}).items():
-                    if metric not in METRICS or not isinstance(entry, dict) or not isinstance(entry.get("bound"), (int, float)):
+                    if not known(metric) or not isinstance(entry, dict) or not isinstance(entry.get("bound"), (int, float)):
                         raise BaselineError(f"bounds file {path} has a bad entry at {case}/{check}/{metric}")
                     if not math.isfinite(entry["bound"]):  # an infinite bound would pass anything
                         raise BaselineError(f"bounds file {path} has {entry['bound']} at {case}/{check}/{metric}")
@@ -104,7 +104,7 @@ def build_bounds(measured: dict, margin: float, meta: dict) -> dict:
             check: {
                 metric: {"measured": value, "bound": bound_from_measurement(metric, value, margin)}
                 for metric, value in sorted(metrics.items())
-                if metric in METRICS and math.isfinite(value)
+                if known(metric) and math.isfinite(value)
             }
             for check, metrics in sorted(checks.items())
         }

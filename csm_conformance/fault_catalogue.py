@@ -82,7 +82,8 @@ CATALOGUE: tuple[Entry, ...] = (
           "one backbone layer's weights off by 0.1 % (a bad conversion, a kernel reading stale data), on a float32 "
           "device model: in bfloat16 the perturbed values round back to the stored ones (1.2 % of them change)", ab=True),
     Entry("weight_1e-2", (f"weight:{SWEEP_WEIGHT}:1e-2",), "accuracy", ACCURACY_ARGS, f"{LAYER}.mlp",
-          "one backbone layer's weights off by 1 %"),
+          "one backbone layer's weights off by 1 %, on the CI configuration (bfloat16, committed bounds): the logits "
+          "barely move, the module_local check sees that layer's MLP add 2x its clean error"),
     Entry("rope", ("rope",), "accuracy", ACCURACY_ARGS, f"{LAYER}.self_attn",
           "llama3 RoPE scaling dropped (a config field renamed between transformers versions)"),
     Entry("fp16_matmul", (f"fp16:{LAYER}.mlp.down_proj",), "accuracy", FLOAT32_ARGS, f"{LAYER}.mlp",

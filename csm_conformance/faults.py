@@ -195,19 +195,37 @@ def _number(spec: str, text: str) -> float:
 
 
 def _per_frame_sleep(model: torch.nn.Module, seconds: float) -> None:
-    model.backbone_model.register_forward_hook(lambda *_: time.sleep(seconds))
+    model.backbone_model.register_forward_hook(lambda *_: _wait(seconds))
+
+
+def _wait(seconds: float) -> None:
+    """Hold the host for `seconds`, to a few microseconds. time.sleep alone overshoots by 50-100 us
+    (timer slack and the scheduler), which on a 6 ms frame turned a planted 2 % into a measured 5 %:
+    sleep all but the last millisecond, spin through the rest."""
+    deadline = time.perf_counter() + seconds
+    if seconds > 2e-3:
+        time.sleep(seconds - 1e-3)
+    while time.perf_counter() < deadline:
+        pass
 
 
 def _per_frame_slowdown(model: torch.nn.Module, fraction: float) -> None:
-    """Sleep `fraction` of the time since the previous backbone call ended, i.e. of one frame."""
+    """Each decode frame waits `fraction` of its own duration: the time from the end of the
+    previous backbone call to the end of this one (the depth decoder's 31 steps, then this
+    backbone step). A prefill (more than one position) starts a generation and waits nothing, so
+    the gap between two rounds, or the set-up before the first, is never counted as a frame."""
     state = {"last": None}
     device = str(next(model.parameters()).device)
 
-    def hook(*_):
+    def hook(_module, _inputs, output):
         devices.synchronize(device)
         now = time.perf_counter()
-        if state["last"] is not None and now - state["last"] < 5.0:
-            time.sleep(fraction * (now - state["last"]))
+        hidden = getattr(output, "last_hidden_state", None)
+        if hidden is None:
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+        prefill = not torch.is_tensor(hidden) or hidden.dim() < 2 or hidden.shape[1] != 1
+        if not prefill and state["last"] is not None:
+            _wait(fraction * (now - state["last"]))
         state["last"] = time.perf_counter()
 
     model.backbone_model.register_forward_hook(hook)

@@ -29,6 +29,15 @@ Module keys are canonical (transformers 4.x checkpoint) names, e.g. `codec_model
 too, so that dumps taken on two transformers versions compare key by key. A module that runs more
 than once in a probe gets `#2`, `#3`, ... on its later calls.
 
+Local errors (live runs only): the accumulated error above hides a fault that is small next to
+the noise accumulated before it (in bfloat16 a 1 % weight error in one layer). So every hooked
+device module is also run on the *reference's* inputs of the same call (teacher forcing), and its
+output compared with the reference's: the error that module adds by itself. A module whose local
+error exceeds JUMP_FACTOR x max(eps(float32), the median local error of its component) diverges
+too (the median is the dtype's own noise: a clean bfloat16 module adds about half an eps). The
+accuracy gate bounds the same figures per module (the module_local check); dumps hold outputs
+only, so an offline compare uses the jump rule alone.
+
 This is a diagnostic: it names a place. Pass and fail remain the accuracy gate's.
 
 Offline: `python -m csm_conformance.localize compare DUMP_A DUMP_B [--output DIR]` compares two
@@ -161,6 +170,128 @@ def capture_case(session, case) -> tuple[dict[str, torch.Tensor], dict[str, torc
     return capture_decode(session.reference, codes), capture_decode(session.target, codes)
 
 
+# ---- module-local errors (teacher-forced) ------------------------------------------------------
+# The captures above compare accumulated outputs: each device module gets the device's own inputs,
+# so its error includes everything before it. The local error below gives every device module the
+# *reference's* inputs (cast to the device's dtype) and compares its output with the reference's
+# output of the same call, so it measures what that module adds by itself. A perturbed weight, a
+# matmul in lower precision or a shifted mask shows up in that one module and nowhere else, however
+# much bfloat16 noise the modules before it accumulated.
+
+def _cache_types() -> tuple[type, ...]:
+    try:
+        from transformers.cache_utils import Cache
+
+        return (Cache,)
+    except ImportError:  # pragma: no cover - every supported transformers has it
+        return ()
+
+
+def _copy_inputs(obj, caches: tuple[type, ...]):
+    """CPU copies of a module call's inputs. Every probe is one full-sequence forward, so the
+    caches a call receives are empty: they are dropped (None), and the replay computes the same."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if caches and isinstance(obj, caches):
+        return None
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_copy_inputs(o, caches) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _copy_inputs(v, caches) for k, v in obj.items()}
+    return obj
+
+
+def _to_target(obj, device, dtype, key: str = ""):
+    """Inputs for the device module: floating tensors in its dtype (an additive mask clamped to
+    that dtype's range), integer and bool tensors as they are."""
+    if torch.is_tensor(obj):
+        if obj.is_floating_point():
+            if "mask" in key:
+                info = torch.finfo(dtype)
+                obj = obj.clamp(info.min, info.max)
+            return obj.to(device, dtype)
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_target(o, device, dtype, key) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_target(v, device, dtype, k) for k, v in obj.items()}
+    return obj
+
+
+@contextmanager
+def recording_calls(model: torch.nn.Module, component: str):
+    """Like `capturing`, but each entry is (args, kwargs, output) of one call, on the CPU."""
+    calls: dict[str, tuple] = {}
+    counts: dict[str, int] = {}
+    caches = _cache_types()
+
+    def recorder(name: str):
+        def hook(_module, args, kwargs, output):
+            tensor = _first_tensor(output)
+            if tensor is None or not tensor.is_floating_point():
+                return
+            counts[name] = counts.get(name, 0) + 1
+            key = name if counts[name] == 1 else f"{name}#{counts[name]}"
+            calls[key] = (_copy_inputs(args, caches), _copy_inputs(kwargs, caches),
+                          tensor.detach().to("cpu", torch.float32, copy=True))
+
+        return hook
+
+    handles = []
+    for live, module in model.named_modules():
+        name = module_name(live)
+        if COMPONENTS[component].match(name) and next(module.parameters(recurse=True), None) is not None:
+            handles.append(module.register_forward_hook(recorder(name), with_kwargs=True))
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.inference_mode()
+def replay_local(calls: dict[str, tuple], target) -> dict[str, float]:
+    """{module: relative error of the target's module on the reference's inputs} (NaN when its
+    output has NaN/Inf, inf when its shape differs), in the order the reference ran them."""
+    modules = {module_name(live): m for live, m in target.model.named_modules()}
+    errors: dict[str, float] = {}
+    for key, (args, kwargs, ref_out) in calls.items():
+        module = modules.get(key.split("#", 1)[0])
+        if module is None:
+            continue
+        out = _first_tensor(module(*_to_target(args, target.device, target.dtype),
+                                   **_to_target(kwargs, target.device, target.dtype)))
+        out = out.detach().to("cpu", torch.float32)
+        if out.shape != ref_out.shape:
+            errors[key] = math.inf
+        elif metrics.nonfinite_count(out) > metrics.nonfinite_count(ref_out):
+            errors[key] = math.nan
+        else:
+            errors[key] = _measure(ref_out, out)[1]
+    return errors
+
+
+def local_errors_prompt(reference, target, case, codes: torch.Tensor) -> dict[str, float]:
+    """Module-local errors of the backbone (on the backbone-logits probe) and of the depth
+    decoder (on the teacher-forced depth probe), with the accuracy checks' inputs."""
+    from . import probes
+
+    with recording_calls(reference.model, "backbone") as backbone:
+        probes.backbone_logits(reference, case)
+    with recording_calls(reference.model, "depth_decoder") as depth:
+        probes.depth_decoder_logits(reference, case, codes)
+    return {**replay_local(backbone, target), **replay_local(depth, target)}
+
+
+def local_errors_decode(reference, target, codes: torch.Tensor) -> dict[str, float]:
+    """Module-local errors of Mimi's decoder stages on the decode probe's seeded codes."""
+    from . import probes
+
+    with recording_calls(reference.model, "codec") as codec:
+        probes.mimi_decode(reference, codes)
+    return replay_local(codec, target)
+
+
 # ---- comparison ------------------------------------------------------------------------------
 def dtype_eps(dtype: str) -> float:
     try:
@@ -183,12 +314,14 @@ class Row:
     max_abs: float = math.nan
     threshold: float | None = None  # relative-error threshold; the cosine one is 1 - t^2/2
     jump: float | None = None  # rel_error / max(eps, running max): the quantity the rule bounds by JUMP_FACTOR
-    verdict: str = "ok"  # ok | FIRST | over | nonfinite | shape | only in A | only in B
+    verdict: str = "ok"  # ok | FIRST | over | FIRST local | local | nonfinite | shape | only in A | only in B
     nonfinite: int = 0  # NaN/Inf values in the candidate's output
+    local_error: float | None = None  # live runs: rel err the module adds on the reference's inputs
+    local_threshold: float | None = None  # JUMP_FACTOR x max(eps, median local error of its component)
 
     @property
     def diverged(self) -> bool:
-        return self.verdict in ("FIRST", "over", "nonfinite", "shape")
+        return self.verdict in ("FIRST", "over", "FIRST local", "local", "nonfinite", "shape")
 
     @property
     def cosine_threshold(self) -> float | None:
@@ -200,6 +333,7 @@ class Row:
                 "cosine": clean(self.cosine), "rel_error": clean(self.rel_error), "max_abs": clean(self.max_abs),
                 "threshold_rel_error": clean(self.threshold),
                 "threshold_cosine": clean(self.cosine_threshold), "jump": clean(self.jump), "nonfinite": self.nonfinite,
+                "local_rel_error": clean(self.local_error), "local_threshold": clean(self.local_threshold),
                 "verdict": self.verdict}
 
 
@@ -212,11 +346,30 @@ def _measure(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     return metrics.cosine(a64, b64), rel, max_abs
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else 0.0
+
+
 def compare_captures(baseline: dict[str, torch.Tensor], candidate: dict[str, torch.Tensor], dtype: str,
-                     jump_factor: float = JUMP_FACTOR) -> list[Row]:
+                     jump_factor: float = JUMP_FACTOR, local: dict[str, float] | None = None) -> list[Row]:
     """One row per module, in the baseline's execution order (modules only the candidate has
-    come last), with the verdict of the jump rule described in the module docstring."""
+    come last), with the verdict of the jump rule described in the module docstring. With
+    `local` (module-local errors of a live run, see replay_local), a module that passes the jump
+    rule still diverges when the error it adds on the reference's inputs exceeds JUMP_FACTOR x
+    max(eps(float32), the median local error of its component): a fault too small to show through the
+    noise the modules before it accumulated still stands out among its peers."""
     eps = dtype_eps(dtype)
+    local = local or {}
+    peers: dict[str, list[float]] = {}
+    for name, error in local.items():
+        if math.isfinite(error):
+            peers.setdefault(component_of(name), []).append(error)
+    # The peers' median is the dtype's own noise here (a clean bfloat16 module adds ~0.5 eps, a
+    # perturbed one ~1.5 eps), so eps(dtype) would be too coarse a floor; float32's eps only keeps
+    # an exact-match component (float32 on the CPU against itself) from flagging 1e-12.
+    floor = dtype_eps("float32")
+    local_limit = {c: jump_factor * max(floor, _median(v)) for c, v in peers.items()}
     rows: list[Row] = []
     running: dict[str, float] = {}
     first_seen = False
@@ -243,10 +396,15 @@ def compare_captures(baseline: dict[str, torch.Tensor], candidate: dict[str, tor
                     row.verdict = "over"
             if math.isfinite(row.rel_error):
                 running[component] = max(prior, row.rel_error)
+            if name in local:
+                row.local_error = local[name]
+                row.local_threshold = local_limit.get(component, jump_factor * floor)
+                if row.verdict == "ok" and not row.local_error <= row.local_threshold:  # NaN and inf included
+                    row.verdict = "local"
         if row.diverged and not first_seen:
             first_seen = True
-            if row.verdict == "over":
-                row.verdict = "FIRST"
+            if row.verdict in ("over", "local"):
+                row.verdict = "FIRST" if row.verdict == "over" else "FIRST local"
         rows.append(row)
     return rows
 
@@ -274,7 +432,8 @@ class Localization:
     def rule(self) -> str:
         return (f"a module diverges when its rel err > {self.jump_factor:g} x max(eps({self.dtype}) = {dtype_eps(self.dtype):.3g}, "
                 f"the largest rel err of the preceding modules of its component), its output has NaN/Inf the "
-                f"baseline's lacks, or its shape differs")
+                f"baseline's lacks, or its shape differs; in a live run also when the rel err it adds on the "
+                f"reference's own inputs (local_err) > {self.jump_factor:g} x max(eps(float32), its component's median local_err)")
 
     def summary(self) -> str:
         first = self.first
@@ -282,16 +441,24 @@ class Localization:
             largest = self.largest_jump
             if largest is None or largest.jump == 0:
                 return "first diverging module: none (every module's output is identical)"
-            return (f"first diverging module: none (largest jump: {largest.module}, rel err {largest.rel_error:.3g} = "
-                    f"{largest.jump:.2f} x max(eps, running max); diverging takes > {self.jump_factor:g})")
+            text = (f"first diverging module: none (largest jump: {largest.module}, rel err {largest.rel_error:.3g} = "
+                    f"{largest.jump:.2f} x max(eps, running max)")
+            local = [r for r in self.rows if r.local_error is not None and r.local_threshold and math.isfinite(r.local_error)]
+            if local:
+                top = max(local, key=lambda r: r.local_error / r.local_threshold)
+                text += f"; largest local: {top.module}, {self.jump_factor * top.local_error / top.local_threshold:.2f} x its component's median"
+            return text + f"; diverging takes > {self.jump_factor:g})"
         if first.verdict == "shape":
             return f"first diverging module: {first.module} (shape {first.shape[0]} vs {first.shape[1]})"
         if first.verdict == "nonfinite":
             return f"first diverging module: {first.module} ({first.nonfinite} NaN/Inf values in its output)"
+        if first.verdict == "FIRST local":
+            return (f"first diverging module: {first.module} (on the reference's inputs it adds rel err {first.local_error:.3g}, "
+                    f"over {first.local_threshold:.3g} = {self.jump_factor:g} x its component's median)")
         return f"first diverging module: {first.module} (cosine {first.cosine:.6g}, rel err {first.rel_error:.3g})"
 
     def table(self) -> list[str]:
-        head = ["#", "module", "shape", "cosine", "1-cosine", "rel_err", "max_abs", "rel_thresh", "jump", "verdict"]
+        head = ["#", "module", "shape", "cosine", "1-cosine", "rel_err", "max_abs", "rel_thresh", "jump", "local_err", "local_thresh", "verdict"]
         lines = []
         for i, r in enumerate(self.rows):
             shape = "x".join(map(str, r.shape)) if r.shape and isinstance(r.shape[0], int) else " vs ".join("x".join(map(str, s)) for s in r.shape)
@@ -302,6 +469,8 @@ class Localization:
                           "-" if math.isnan(r.max_abs) else f"{r.max_abs:.3e}",
                           "-" if r.threshold is None else f"{r.threshold:.3e}",
                           "-" if r.jump is None else f"{r.jump:.2f}",
+                          "-" if r.local_error is None else f"{r.local_error:.3e}",
+                          "-" if r.local_threshold is None else f"{r.local_threshold:.3e}",
                           r.verdict])
         widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
         fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
@@ -344,6 +513,11 @@ class Localization:
             for i, v in enumerate(values):
                 if not math.isfinite(v):
                     ax.annotate("NaN/Inf", (i, bottom), color="#c0392b", fontsize=7, rotation=90)
+            if not is_cos and any(r.local_error is not None for r in rows):
+                local = [r.local_error if r.local_error is not None and r.local_error > 0 else math.nan for r in rows]
+                ax.scatter(x, local, marker="x", color="#27ae60", zorder=4, s=22, label="local rel err (on the reference's inputs)")
+                ax.step(x, [r.local_threshold if r.local_threshold is not None else math.nan for r in rows], where="mid",
+                        color="#27ae60", linestyle=":", label="local threshold")
             if first is not None and first in rows:
                 ax.axvline(rows.index(first), color="#c0392b", linewidth=1.2, alpha=0.7)
             ax.set_yscale("log")
@@ -376,8 +550,9 @@ class Localization:
 
 
 def localize(case: str, baseline: dict, candidate: dict, dtype: str, baseline_label: str, candidate_label: str,
-             jump_factor: float = JUMP_FACTOR) -> Localization:
-    return Localization(case, dtype, baseline_label, candidate_label, compare_captures(baseline, candidate, dtype, jump_factor), jump_factor)
+             jump_factor: float = JUMP_FACTOR, local: dict[str, float] | None = None) -> Localization:
+    return Localization(case, dtype, baseline_label, candidate_label,
+                        compare_captures(baseline, candidate, dtype, jump_factor, local), jump_factor)
 
 
 # ---- live runs and dumps ---------------------------------------------------------------------
@@ -407,7 +582,7 @@ def localize_case(session, case) -> tuple[Localization, dict]:
     sides = {"reference": (reference, _side_meta(session, "reference", case.id, kind, list(reference))),
              "device": (device, _side_meta(session, "device", case.id, kind, list(device)))}
     loc = localize(case.id, reference, device, coarser("float32", session.dtype_name),
-                   _label(sides["reference"][1]), _label(sides["device"][1]))
+                   _label(sides["reference"][1]), _label(sides["device"][1]), local=session.module_local_errors(case))
     loc.notes.extend(f"planted fault: {n}" for n in session.fault_notes)
     return loc, sides
 

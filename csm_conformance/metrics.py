@@ -33,18 +33,33 @@ METRICS: dict[str, tuple[str, Callable[[float], float], Callable[[float], float]
 }
 
 
+def kind(metric: str) -> str:
+    """A metric qualified by what it measures, e.g. `rel_error@backbone_model.layers.0.mlp` (the
+    module-local check, one figure per module), is judged as its kind, `rel_error`."""
+    return metric.split("@", 1)[0]
+
+
+def known(metric: str) -> bool:
+    return kind(metric) in METRICS
+
+
+def better(metric: str) -> str:
+    """'higher' or 'lower'."""
+    return METRICS[kind(metric)][0]
+
+
 def to_error(metric: str, value: float) -> float:
-    return METRICS[metric][1](value)
+    return METRICS[kind(metric)][1](value)
 
 
 def from_error(metric: str, error: float) -> float:
-    return METRICS[metric][2](error)
+    return METRICS[kind(metric)][2](error)
 
 
 def is_within(metric: str, value: float, bound: float) -> bool:
     if math.isnan(value):
         return False
-    return value >= bound if METRICS[metric][0] == "higher" else value <= bound
+    return value >= bound if better(metric) == "higher" else value <= bound
 
 
 def nonfinite_count(tensor: torch.Tensor) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import devices
+from . import devices, metrics
 
 CONSOLE_METRICS = [
     ("cosine", "cosine"),
@@ -137,21 +137,32 @@ def _rows(parts: list[Part]):
             yield part, res
 
 
+def _worse(row, prev) -> bool:
+    """Should `row` stand for its metric's column instead of `prev`? A failure over a pass, a
+    judged row over an unjudged one, and among module-local rows the one nearest its bound."""
+    if prev is None or (row.ok is False and prev.ok is not False) or (prev.ok is None and row.ok is not None):
+        return True
+    if row.ok == prev.ok and "@" in row.metric and row.bound and prev.bound:
+        return metrics.to_error(row.metric, row.value) / max(metrics.to_error(row.metric, row.bound), 1e-300) > \
+            metrics.to_error(prev.metric, prev.value) / max(metrics.to_error(prev.metric, prev.bound), 1e-300)
+    return row.ok is False and prev.ok is False and "@" not in row.metric
+
+
 def console_table(parts: list[Part]) -> list[str]:
     """One row per (case, check), one column per metric; '!' marks a failure, '?' a missing bound.
     With several workers a device column says which card each row ran on."""
     rows_in = list(_rows(parts))
     by_device = len(parts) > 1
-    used = [(m, short) for m, short in CONSOLE_METRICS if any(r.metric == m for _, res in rows_in for r in res.rows)]
+    used = [(m, short) for m, short in CONSOLE_METRICS if any(metrics.kind(r.metric) == m for _, res in rows_in for r in res.rows)]
     head = (["device"] if by_device else []) + ["case", "check", "result"] + [short for _, short in used]
     rows = []
     for part, res in rows_in:
         cells = ([part.label] if by_device else []) + [res.case, res.check, res.status.upper()]
         by_metric = {}
-        for row in res.rows:  # a floor row and a bound row for the same metric: show the worse verdict
-            prev = by_metric.get(row.metric)
-            if prev is None or (row.ok is False) or (prev.ok is None and row.ok is not None):
-                by_metric[row.metric] = row
+        for row in res.rows:  # several rows of one metric (floor and bound, or one per module): the worst
+            key = metrics.kind(row.metric)
+            if _worse(row, by_metric.get(key)):
+                by_metric[key] = row
         for metric, _ in used:
             row = by_metric.get(metric)
             mark = " " if row is not None and row.rule == "info" else MARK[row.ok] if row is not None else ""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import devices, faults, golden, metrics, probes
+from . import devices, faults, golden, localize, metrics, probes
 from .bounds import BaselineError, BoundsBook, bounds_path, build_bounds, write_bounds
 from .cases import Catalogue, CodecCase, PromptCase, load_catalogue
 from .models import LoadedModel, ModelSource, dtype_name, parse_dtype
@@ -41,7 +41,7 @@ class MetricRow:
     def describe(self) -> str:
         if self.rule == "invariant":
             return f"{self.metric} is {self.value:g}, must be {self.op} {self.bound:g}"
-        better = metrics.METRICS.get(self.metric, ("lower",))[0]
+        better = metrics.better(self.metric) if metrics.known(self.metric) else "lower"
         op = ">=" if better == "higher" else "<="
         return f"{self.metric} {self.value:.7g} {'within' if self.ok else 'outside'} {op} {self.bound:.7g} ({self.rule})"
 
@@ -166,6 +166,14 @@ class ConformanceSession:
         wave = torch.from_numpy(case.encode_audio.waveform())
         return self.cached(("encode", case.id), lambda: probes.mimi_encode(self.reference, wave))
 
+    def module_local_errors(self, case: PromptCase | CodecCase) -> dict[str, float]:
+        """{module: relative error that device module adds on the reference's own inputs}."""
+        if isinstance(case, PromptCase):
+            compute = lambda: localize.local_errors_prompt(self.reference, self.target, case, self.ref_codes(case))  # noqa: E731
+        else:
+            compute = lambda: localize.local_errors_decode(self.reference, self.target, self.codec_codes(case))  # noqa: E731
+        return self.cached(("local", case.id), compute)
+
     # ---- the gate -----------------------------------------------------------------------
     def nonfinite_result(self, case: str, check: str, **tensors: torch.Tensor) -> CheckResult | None:
         """A failed result naming every output (by its keyword) that holds NaN or Inf, or None."""
@@ -238,7 +246,7 @@ class ConformanceSession:
             result.messages.append(note)
             result.status = "failed" if self.settings.csm_strict else "no-bound"
         if use_bounds:
-            self.measured.setdefault(case, {})[check] = {k: v for k, v in values.items() if k in metrics.METRICS}
+            self.measured.setdefault(case, {})[check] = {k: v for k, v in values.items() if metrics.known(k)}
         self.results.append(result)
         return result
 

@@ -31,7 +31,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .metrics import METRICS, to_error
+from .metrics import better, known, to_error
 from .perf_baselines import GATED, compare_figures
 
 EXIT = {"SAFE": 0, "REGRESSED": 1, "INCONCLUSIVE": 3}
@@ -131,7 +131,7 @@ class AccuracyRow:
         best, use = None, -1.0
         for metric, row in ((self.after or {}).get("metrics") or {}).items():
             value, bound = row.get("value"), row.get("bound")
-            if metric not in METRICS or not isinstance(value, (int, float)) or not isinstance(bound, (int, float)):
+            if not known(metric) or not isinstance(value, (int, float)) or not isinstance(bound, (int, float)):
                 continue
             err, lim = to_error(metric, value), to_error(metric, bound)
             frac = err / lim if lim > 0 else (0.0 if err <= 0 else float("inf"))
@@ -276,7 +276,7 @@ def _metric_cell(row: AccuracyRow, metric: str | None) -> tuple[str, str, str, s
         return "-", "-", "-", "-"
     b = ((row.before or {}).get("metrics") or {}).get(metric) or {}
     a = ((row.after or {}).get("metrics") or {}).get(metric) or {}
-    op = ">=" if METRICS[metric][0] == "higher" else "<="
+    op = ">=" if better(metric) == "higher" else "<="
     return metric, _fmt(b.get("value")), _fmt(a.get("value")), f"{op} {_fmt(a.get('bound'))}" if a.get("bound") is not None else "no bound"
 
 

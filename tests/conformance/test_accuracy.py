@@ -89,6 +89,35 @@ def test_mimi_decode(csm, decode_case, localized):
     assert_passed(result)
 
 
+def _module_local_check(csm, case):
+    """Every hooked module of the device model, fed the reference's own inputs (teacher forcing),
+    against the reference's output of the same call: the error each module adds by itself, one
+    bounded `rel_error@<module>` per module. The end-to-end checks see a fault only once it has
+    outgrown the dtype's accumulated noise (in bfloat16, a 1 % weight error in one layer hardly
+    moves the logits); here it stands alone in its own module, which is also its place."""
+    errors = csm.module_local_errors(case)
+    values = {f"rel_error@{module}": error for module, error in errors.items()}
+    result = csm.evaluate(case.id, "module_local", values)
+    bad = [row for row in result.rows if row.ok is False]
+    if bad:
+        first = bad[0]
+        what = "NaN/Inf in its output" if math.isnan(first.value) else "its output shape differs" if math.isinf(first.value) \
+            else f"adds rel err {first.value:.3g} on the reference's inputs, bound {first.bound:.3g}"
+        lead = f"first module over its local bound: {first.metric.split('@', 1)[1]} ({what}; {len(bad)} of {len(result.rows)} modules over)"
+        rest = result.messages[3:]
+        result.messages = [lead, *result.messages[:3]] + ([f"... and {len(rest)} more"] if rest else [])
+    reporting.attach_json(f"{case.id} module_local", result.as_dict())
+    assert_passed(result)
+
+
+def test_module_local_error(csm, prompt_case):
+    _module_local_check(csm, prompt_case)
+
+
+def test_module_local_error_codec(csm, decode_case):
+    _module_local_check(csm, decode_case)
+
+
 def test_mimi_encode(csm, encode_case):
     ref = csm.ref_encode(encode_case)
     dev = probes.mimi_encode(csm.target, torch.from_numpy(encode_case.encode_audio.waveform()))

@@ -62,3 +62,22 @@ def test_merge_keeps_cases_not_measured(tmp_path):
     bounds.write_bounds(path, bounds.build_bounds({"b": {"c": {"mae": 0.2}}}, 0.5, {}), merge_with=old)
     merged = bounds.BoundsBook.load(path)
     assert merged.bound("a", "c", "mae") is not None and merged.bound("b", "c", "mae") is not None
+
+
+def test_module_qualified_metrics_are_judged_as_their_kind(tmp_path):
+    """The module_local check stores one `rel_error@<module>` per module; it is a rel_error in
+    every respect (direction, floor, error form), and a qualifier on an unknown metric is still
+    a corrupt file."""
+    name = "rel_error@backbone_model.layers.0.mlp"
+    assert metrics.known(name) and metrics.better(name) == "lower"
+    assert bounds.bound_from_measurement(name, 0.0055, 0.5) == pytest.approx(0.00825 + 1e-6)
+    assert metrics.is_within(name, 0.008, 0.00825) and not metrics.is_within(name, 0.0111, 0.00825)
+    doc = bounds.build_bounds({"short_en": {"module_local": {name: 0.0055, "bogus@x": 1.0}}}, 0.5, {})
+    assert list(doc["cases"]["short_en"]["module_local"]) == [name]
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(doc))
+    assert bounds.BoundsBook.load(path).bound("short_en", "module_local", name) == pytest.approx(0.00825 + 1e-6)
+    doc["cases"]["short_en"]["module_local"]["bogus@x"] = {"measured": 1.0, "bound": 1.5}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(bounds.BaselineError, match="bad entry at short_en/module_local/bogus@x"):
+        bounds.BoundsBook.load(path)

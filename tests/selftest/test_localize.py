@@ -8,10 +8,13 @@ message must name the module. Then the offline compare of --csm-dump dumps.
 
 Measured on the tiny model, bfloat16 on the CPU, case short_en (the clean profile's largest module
 error is 1.2e-2 relative, 1.40 x its running maximum): one MLP weight of backbone layer 0 perturbed
-by 1e-3 changes nothing the gate or the localizer can see; 1e-2 fails the gate on one metric
-(worst-position cosine 0.9998961 against its bound 0.9999016) while the localizer finds no module
-that stands out from bf16 noise (its largest jump, 1.62, is at the planted module); from 3e-2 both
-name it.
+by 1e-3 changes nothing the gate or the localizer can see (98.8 % of the bfloat16 values round back
+to the stored ones); 1e-2 fails the end-to-end gate on one metric only (worst-position cosine
+0.9998961 against its bound 0.9999016) and its accumulated error does not stand out from bf16 noise
+(largest jump 1.62, at the planted module), but on the reference's own inputs that MLP adds 1.11e-2
+where its peers add 2.9e-3 to 5.5e-3 (median 4.3e-3): the module_local check fails on its bound
+(8.3e-3) and the localizer's local rule (2 x median) names it. Clean, the largest local error is
+1.67 x its component's median (multi_turn_ctx).
 """
 
 from __future__ import annotations
@@ -69,6 +72,26 @@ def test_rule_tolerates_bf16_noise_and_restarts_per_component():
     assert localize.localize("fp32", *_chain(noise), "float32", "ref", "dev").first.module == "embed_text_tokens"
 
 
+def test_local_rule_flags_the_module_that_adds_its_own_error():
+    """Accumulated errors that never jump 2x, and local errors where one module adds 2.6x the
+    median of its component: the local rule names it; without the local errors nobody is named."""
+    errors = {"embed_text_tokens": 1.7e-3, f"{L0}.self_attn": 6e-3, f"{L0}.mlp": 1.2e-2,
+              "backbone_model.layers.1.self_attn": 9e-3, "backbone_model.layers.1.mlp": 1.2e-2, "lm_head": 9.5e-3}
+    local = {"embed_text_tokens": 1.7e-3, f"{L0}.self_attn": 4.3e-3, f"{L0}.mlp": 1.11e-2,
+             "backbone_model.layers.1.self_attn": 4.6e-3, "backbone_model.layers.1.mlp": 5e-3, "lm_head": 2.9e-3}
+    assert localize.localize("acc", *_chain(errors), "bfloat16", "ref", "dev").first is None
+    loc = localize.localize("local", *_chain(errors), "bfloat16", "ref", "dev", local=local)
+    assert (loc.first.module, loc.first.verdict) == (f"{L0}.mlp", "FIRST local")
+    assert loc.first.local_threshold == pytest.approx(2 * 4.6e-3)
+    assert loc.summary().startswith(f"first diverging module: {L0}.mlp (on the reference's inputs it adds rel err 0.0111")
+    clean = {**local, f"{L0}.mlp": 7e-3}  # 1.5x the median: bfloat16 noise
+    loc = localize.localize("clean", *_chain(errors), "bfloat16", "ref", "dev", local=clean)
+    assert loc.first is None and "largest local: backbone_model.layers.0.mlp, 1.52 x" in loc.summary()
+    # an exact-match component (float32 against itself) flags any module that adds anything
+    exact = dict.fromkeys(local, 0.0) | {"lm_head": 1e-6}
+    assert localize.localize("fp32", *_chain(dict.fromkeys(errors, 0.0)), "float32", "ref", "dev", local=exact).first.module == "lm_head"
+
+
 def test_rule_flags_nan_and_shape_changes():
     base, cand = _chain({f"{L0}.self_attn": 1e-3, f"{L0}.mlp": 1e-3, "lm_head": 1e-3})
     cand[f"{L0}.mlp"] = cand[f"{L0}.mlp"].clone()
@@ -113,11 +136,29 @@ def _case(session, case_id):
     ("float32", "weight:depth_decoder.model.layers.1.mlp.up_proj.weight:1e-3", "short_en", "depth_decoder.model.layers.1.mlp"),
     ("float32", "weight:codec_model.decoder.layers.3.block.1.conv.weight:1e-3", "decode_2s", "codec_model.decoder.layers.3"),
     ("bfloat16", "weight:backbone_model.layers.1.mlp.up_proj.weight:3e-2", "short_en", "backbone_model.layers.1.mlp"),
+    ("bfloat16", f"weight:{L0}.mlp.down_proj.weight:1e-2", "short_en", f"{L0}.mlp"),
+    ("bfloat16", "weight:depth_decoder.model.layers.1.self_attn.o_proj.weight:1e-2", "short_en", "depth_decoder.model.layers.1.self_attn"),
+    ("bfloat16", "weight:codec_model.decoder.layers.3.block.1.conv.weight:1e-2", "decode_2s", "codec_model.decoder.layers.3"),
 ])
 def test_localizer_names_the_planted_module(reference, dtype, fault, case_id, module):
     session = _session(reference, dtype, fault)
     loc, _ = localize.localize_case(session, _case(session, case_id))
     assert loc.first is not None and loc.first.module == module, "\n".join(loc.table())
+
+
+def test_local_errors_are_exact_on_a_clean_float32_model_and_isolate_a_fault(reference):
+    """Teacher forcing really feeds each device module the reference's inputs: on the CPU in
+    float32 every module then reproduces the reference to within float32's eps (all bit for bit
+    but one Mimi decoder conv, 1.4e-8: a different oneDNN path for a copied input), and a
+    perturbed weight shows in its own module only."""
+    clean = _session(reference, "float32")
+    for case_id in CASES:
+        errors = clean.module_local_errors(_case(clean, case_id))
+        assert errors and max(errors.values()) < 1.2e-7, errors
+    faulty = _session(reference, "float32", "weight:depth_decoder.model.layers.1.mlp.up_proj.weight:1e-4")
+    errors = faulty.module_local_errors(_case(faulty, "short_en"))
+    assert [m for m, e in errors.items() if e > 1.2e-7] == ["depth_decoder.model.layers.1.mlp"], errors
+    assert 3e-5 < errors["depth_decoder.model.layers.1.mlp"] < 3e-4
 
 
 def test_clean_float32_device_model_flags_nothing(reference):
@@ -162,7 +203,7 @@ def test_clean_run_flags_nothing_and_writes_reports_and_dumps(pytester):
 
 
 @pytest.mark.parametrize("fault,named", [  # rope's gate failure is test_gate's; its place is named above
-    (f"weight:{L0}.mlp.down_proj.weight:1e-2", f"first diverging module: none (largest jump: {L0}.mlp,"),
+    (f"weight:{L0}.mlp.down_proj.weight:1e-2", f"first diverging module: {L0}.mlp (on the reference's inputs it adds rel err 0.0111"),
     ("mask:1", f"first diverging module: {L0}.self_attn (cosine"),
     ("nan:backbone_model.layers.1.mlp", "first diverging module: backbone_model.layers.1.mlp (1 NaN/Inf values"),
 ])
@@ -172,6 +213,16 @@ def test_gate_fails_and_names_the_first_diverging_module(pytester, fault, named)
     assert any(line.startswith("FAILED") and "test_backbone_logits[short_en]" in line for line in result.stdout.lines)
     assert named in result.stdout.str(), result.stdout.str()[-3000:]
     assert named in (pytester.path / "output" / "localize" / "short_en.txt").read_text()
+
+
+def test_module_local_check_fails_on_a_one_percent_weight_error_in_bfloat16(pytester):
+    """The gate itself (not only the diagnostic) catches what the end-to-end logits barely see,
+    and its first line is the place."""
+    result = run_suite(pytester, "--csm-case", "short_en", "--csm-fault", f"weight:{L0}.mlp.down_proj.weight:1e-2", "-k", "module_local")
+    assert result.ret == 1, result.stdout.str()[-3000:]
+    assert any(line.startswith("FAILED") and "test_module_local_error[short_en]" in line for line in result.stdout.lines)
+    assert (f"short_en/module_local: first module over its local bound: {L0}.mlp (adds rel err 0.0111 on the reference's "
+            "inputs, bound 0.00825; 1 of 15 modules over)") in result.stdout.str(), result.stdout.str()[-3000:]
 
 
 # ---- offline compare of dumps ------------------------------------------------------------------
