@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     entries = [known[i] for i in args.only] if args.only else list(CATALOGUE)
     extra = shlex.split(args.pytest_args)
-    out = Path(args.output)
+    out = Path(args.output).resolve()  # the runs use their own cwd
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="runs-", dir=out))
     clean: list[dict] = []

@@ -174,9 +174,13 @@ def capture_case(session, case) -> tuple[dict[str, torch.Tensor], dict[str, torc
 # The captures above compare accumulated outputs: each device module gets the device's own inputs,
 # so its error includes everything before it. The local error below gives every device module the
 # *reference's* inputs (cast to the device's dtype) and compares its output with the reference's
-# output of the same call, so it measures what that module adds by itself. A perturbed weight, a
-# matmul in lower precision or a shifted mask shows up in that one module and nowhere else, however
-# much bfloat16 noise the modules before it accumulated.
+# output of the same call, so it measures what that module adds by itself. A perturbed weight or a
+# matmul in lower precision shows up in that one module and nowhere else, however much bfloat16
+# noise the modules before it accumulated. Inputs built outside the hooked modules (RoPE cos/sin,
+# the attention mask, position ids) are the reference's too: a fault in building them (a RoPE
+# scaling lost, a mask built wrong) is not local to any module, and is the end-to-end checks' and
+# the jump rule's to find. (The planted mask:N fault shows here only because it is planted as a
+# pre-hook of the attention modules themselves.)
 
 def _cache_types() -> tuple[type, ...]:
     try:
@@ -187,6 +191,10 @@ def _cache_types() -> tuple[type, ...]:
         return ()
 
 
+def _rebuild(container, items: list):
+    return type(container)(*items) if hasattr(container, "_fields") else type(container)(items)  # namedtuples too
+
+
 def _copy_inputs(obj, caches: tuple[type, ...]):
     """CPU copies of a module call's inputs. Every probe is one full-sequence forward, so the
     caches a call receives are empty: they are dropped (None), and the replay computes the same."""
@@ -195,7 +203,7 @@ def _copy_inputs(obj, caches: tuple[type, ...]):
     if caches and isinstance(obj, caches):
         return None
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_copy_inputs(o, caches) for o in obj)
+        return _rebuild(obj, [_copy_inputs(o, caches) for o in obj])
     if isinstance(obj, dict):
         return {k: _copy_inputs(v, caches) for k, v in obj.items()}
     return obj
@@ -212,7 +220,7 @@ def _to_target(obj, device, dtype, key: str = ""):
             return obj.to(device, dtype)
         return obj.to(device)
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_to_target(o, device, dtype, key) for o in obj)
+        return _rebuild(obj, [_to_target(o, device, dtype, key) for o in obj])
     if isinstance(obj, dict):
         return {k: _to_target(v, device, dtype, k) for k, v in obj.items()}
     return obj
@@ -252,12 +260,18 @@ def recording_calls(model: torch.nn.Module, component: str):
 @torch.inference_mode()
 def replay_local(calls: dict[str, tuple], target) -> dict[str, float]:
     """{module: relative error of the target's module on the reference's inputs} (NaN when its
-    output has NaN/Inf, inf when its shape differs), in the order the reference ran them."""
+    output has NaN/Inf, inf when its shape differs or the target has no such module), in the
+    order the reference ran them.
+
+    What teacher forcing cannot see: inputs built outside the hooked modules (RoPE cos/sin, the
+    attention mask, position ids) come from the reference, so a fault in how they are built is
+    not local to any module here; the end-to-end checks and the jump rule judge those."""
     modules = {module_name(live): m for live, m in target.model.named_modules()}
     errors: dict[str, float] = {}
     for key, (args, kwargs, ref_out) in calls.items():
         module = modules.get(key.split("#", 1)[0])
         if module is None:
+            errors[key] = math.inf
             continue
         out = _first_tensor(module(*_to_target(args, target.device, target.dtype),
                                    **_to_target(kwargs, target.device, target.dtype)))
@@ -347,20 +361,24 @@ def _measure(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
 
 
 def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] if ordered else 0.0
+    import statistics
+
+    return statistics.median(values) if values else 0.0
 
 
 def compare_captures(baseline: dict[str, torch.Tensor], candidate: dict[str, torch.Tensor], dtype: str,
-                     jump_factor: float = JUMP_FACTOR, local: dict[str, float] | None = None) -> list[Row]:
+                     jump_factor: float = JUMP_FACTOR, local: dict[str, float] | None = None,
+                     local_bounds: dict[str, float] | None = None) -> list[Row]:
     """One row per module, in the baseline's execution order (modules only the candidate has
     come last), with the verdict of the jump rule described in the module docstring. With
     `local` (module-local errors of a live run, see replay_local), a module that passes the jump
     rule still diverges when the error it adds on the reference's inputs exceeds JUMP_FACTOR x
     max(eps(float32), the median local error of its component): a fault too small to show through the
-    noise the modules before it accumulated still stands out among its peers."""
+    noise the modules before it accumulated still stands out among its peers. Where the gate has a
+    stored bound for a module's local error (`local_bounds`, the module_local check's), that bound
+    is its threshold instead: it was measured on this device and dtype, module by module."""
     eps = dtype_eps(dtype)
-    local = local or {}
+    local, local_bounds = local or {}, local_bounds or {}
     peers: dict[str, list[float]] = {}
     for name, error in local.items():
         if math.isfinite(error):
@@ -398,7 +416,7 @@ def compare_captures(baseline: dict[str, torch.Tensor], candidate: dict[str, tor
                 running[component] = max(prior, row.rel_error)
             if name in local:
                 row.local_error = local[name]
-                row.local_threshold = local_limit.get(component, jump_factor * floor)
+                row.local_threshold = local_bounds.get(name, local_limit.get(component, jump_factor * floor))
                 if row.verdict == "ok" and not row.local_error <= row.local_threshold:  # NaN and inf included
                     row.verdict = "local"
         if row.diverged and not first_seen:
@@ -418,6 +436,7 @@ class Localization:
     rows: list[Row]
     jump_factor: float = JUMP_FACTOR
     notes: list[str] = field(default_factory=list)
+    local_bounded: bool = False  # local thresholds are the gate's stored per-module bounds
 
     @property
     def first(self) -> Row | None:
@@ -430,10 +449,12 @@ class Localization:
 
     @property
     def rule(self) -> str:
+        local = ("its stored module_local bound" if self.local_bounded else
+                 f"{self.jump_factor:g} x max(eps(float32), its component's median local_err)")
         return (f"a module diverges when its rel err > {self.jump_factor:g} x max(eps({self.dtype}) = {dtype_eps(self.dtype):.3g}, "
                 f"the largest rel err of the preceding modules of its component), its output has NaN/Inf the "
                 f"baseline's lacks, or its shape differs; in a live run also when the rel err it adds on the "
-                f"reference's own inputs (local_err) > {self.jump_factor:g} x max(eps(float32), its component's median local_err)")
+                f"reference's own inputs (local_err) > {local}")
 
     def summary(self) -> str:
         first = self.first
@@ -446,15 +467,19 @@ class Localization:
             local = [r for r in self.rows if r.local_error is not None and r.local_threshold and math.isfinite(r.local_error)]
             if local:
                 top = max(local, key=lambda r: r.local_error / r.local_threshold)
-                text += f"; largest local: {top.module}, {self.jump_factor * top.local_error / top.local_threshold:.2f} x its component's median"
+                if self.local_bounded:
+                    text += f"; largest local: {top.module}, {top.local_error / top.local_threshold:.2f} x its stored bound"
+                else:
+                    text += f"; largest local: {top.module}, {self.jump_factor * top.local_error / top.local_threshold:.2f} x its component's median"
             return text + f"; diverging takes > {self.jump_factor:g})"
         if first.verdict == "shape":
             return f"first diverging module: {first.module} (shape {first.shape[0]} vs {first.shape[1]})"
         if first.verdict == "nonfinite":
             return f"first diverging module: {first.module} ({first.nonfinite} NaN/Inf values in its output)"
         if first.verdict == "FIRST local":
+            over = "its stored bound" if self.local_bounded else f"{self.jump_factor:g} x its component's median"
             return (f"first diverging module: {first.module} (on the reference's inputs it adds rel err {first.local_error:.3g}, "
-                    f"over {first.local_threshold:.3g} = {self.jump_factor:g} x its component's median)")
+                    f"over {first.local_threshold:.3g} = {over})")
         return f"first diverging module: {first.module} (cosine {first.cosine:.6g}, rel err {first.rel_error:.3g})"
 
     def table(self) -> list[str]:
@@ -550,9 +575,11 @@ class Localization:
 
 
 def localize(case: str, baseline: dict, candidate: dict, dtype: str, baseline_label: str, candidate_label: str,
-             jump_factor: float = JUMP_FACTOR, local: dict[str, float] | None = None) -> Localization:
+             jump_factor: float = JUMP_FACTOR, local: dict[str, float] | None = None,
+             local_bounds: dict[str, float] | None = None) -> Localization:
     return Localization(case, dtype, baseline_label, candidate_label,
-                        compare_captures(baseline, candidate, dtype, jump_factor, local), jump_factor)
+                        compare_captures(baseline, candidate, dtype, jump_factor, local, local_bounds), jump_factor,
+                        local_bounded=bool(local_bounds))
 
 
 # ---- live runs and dumps ---------------------------------------------------------------------
@@ -581,9 +608,16 @@ def localize_case(session, case) -> tuple[Localization, dict]:
     kind = "prompt" if hasattr(case, "text") else "decode"
     sides = {"reference": (reference, _side_meta(session, "reference", case.id, kind, list(reference))),
              "device": (device, _side_meta(session, "device", case.id, kind, list(device)))}
+    notes = [f"planted fault: {n}" for n in session.fault_notes]
+    try:
+        local = session.module_local_errors(case)
+    except Exception as exc:  # the jump rule still has its say
+        local = None
+        notes.append(f"local errors could not be computed ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})")
     loc = localize(case.id, reference, device, coarser("float32", session.dtype_name),
-                   _label(sides["reference"][1]), _label(sides["device"][1]), local=session.module_local_errors(case))
-    loc.notes.extend(f"planted fault: {n}" for n in session.fault_notes)
+                   _label(sides["reference"][1]), _label(sides["device"][1]), local=local,
+                   local_bounds=session.module_local_bounds(case.id) if local else None)
+    loc.notes.extend(notes)
     return loc, sides
 
 

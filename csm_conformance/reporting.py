@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -137,15 +138,27 @@ def _rows(parts: list[Part]):
             yield part, res
 
 
+def _closeness(row) -> float:
+    """How near its limit a row is: error / bound error (NaN counts as infinitely far past it),
+    the error itself when there is no bound."""
+    error = metrics.to_error(row.metric, row.value) if metrics.known(row.metric) else row.value
+    if math.isnan(error):
+        return math.inf
+    if row.bound is None or not metrics.known(row.metric):
+        return error
+    return error / max(metrics.to_error(row.metric, row.bound), 1e-300)
+
+
 def _worse(row, prev) -> bool:
     """Should `row` stand for its metric's column instead of `prev`? A failure over a pass, a
-    judged row over an unjudged one, and among module-local rows the one nearest its bound."""
-    if prev is None or (row.ok is False and prev.ok is not False) or (prev.ok is None and row.ok is not None):
+    judged row over an unjudged one, then the row nearest its limit (the worst module of the
+    module-local check)."""
+    if prev is None:
         return True
-    if row.ok == prev.ok and "@" in row.metric and row.bound and prev.bound:
-        return metrics.to_error(row.metric, row.value) / max(metrics.to_error(row.metric, row.bound), 1e-300) > \
-            metrics.to_error(prev.metric, prev.value) / max(metrics.to_error(prev.metric, prev.bound), 1e-300)
-    return row.ok is False and prev.ok is False and "@" not in row.metric
+    rank = lambda r: (r.ok is False, r.ok is not None)  # noqa: E731
+    if rank(row) != rank(prev):
+        return rank(row) > rank(prev)
+    return _closeness(row) > _closeness(prev)
 
 
 def console_table(parts: list[Part]) -> list[str]:

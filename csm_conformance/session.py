@@ -174,6 +174,14 @@ class ConformanceSession:
             compute = lambda: localize.local_errors_decode(self.reference, self.target, self.codec_codes(case))  # noqa: E731
         return self.cached(("local", case.id), compute)
 
+    def module_local_bounds(self, case_id: str) -> dict[str, float]:
+        """{module: stored bound of its local error} for a case (empty when none are stored or
+        the run records bounds)."""
+        if self.bounds is None or self.settings.csm_record_bounds:
+            return {}
+        stored = (self.bounds.data["cases"].get(case_id) or {}).get("module_local") or {}
+        return {name.split("@", 1)[1]: float(entry["bound"]) for name, entry in stored.items() if "@" in name}
+
     # ---- the gate -----------------------------------------------------------------------
     def nonfinite_result(self, case: str, check: str, **tensors: torch.Tensor) -> CheckResult | None:
         """A failed result naming every output (by its keyword) that holds NaN or Inf, or None."""

@@ -96,8 +96,15 @@ def _module_local_check(csm, case):
     outgrown the dtype's accumulated noise (in bfloat16, a 1 % weight error in one layer hardly
     moves the logits); here it stands alone in its own module, which is also its place."""
     errors = csm.module_local_errors(case)
+    if not errors:
+        pytest.fail(f"{case.id}/module_local: no hooked module ran in the probe (module names changed?)", pytrace=False)
     values = {f"rel_error@{module}": error for module, error in errors.items()}
     result = csm.evaluate(case.id, "module_local", values)
+    unmeasured = [m for m in csm.module_local_bounds(case.id) if m not in errors]
+    if unmeasured:  # a bound nobody measured would pass by never being looked at
+        result.status = "failed"
+        result.messages.append(f"{len(unmeasured)} module(s) with a stored bound did not run: {', '.join(unmeasured[:3])}"
+                               + (" ..." if len(unmeasured) > 3 else "") + " (module renamed or removed?)")
     bad = [row for row in result.rows if row.ok is False]
     if bad:
         first = bad[0]

@@ -82,11 +82,15 @@ def test_local_rule_flags_the_module_that_adds_its_own_error():
     assert localize.localize("acc", *_chain(errors), "bfloat16", "ref", "dev").first is None
     loc = localize.localize("local", *_chain(errors), "bfloat16", "ref", "dev", local=local)
     assert (loc.first.module, loc.first.verdict) == (f"{L0}.mlp", "FIRST local")
-    assert loc.first.local_threshold == pytest.approx(2 * 4.6e-3)
+    assert loc.first.local_threshold == pytest.approx(2 * (4.3e-3 + 4.6e-3) / 2)  # the median of six
     assert loc.summary().startswith(f"first diverging module: {L0}.mlp (on the reference's inputs it adds rel err 0.0111")
-    clean = {**local, f"{L0}.mlp": 7e-3}  # 1.5x the median: bfloat16 noise
+    clean = {**local, f"{L0}.mlp": 7e-3}  # 1.57x the median: bfloat16 noise
     loc = localize.localize("clean", *_chain(errors), "bfloat16", "ref", "dev", local=clean)
-    assert loc.first is None and "largest local: backbone_model.layers.0.mlp, 1.52 x" in loc.summary()
+    assert loc.first is None and "largest local: backbone_model.layers.0.mlp, 1.57 x" in loc.summary()
+    # the gate's stored per-module bounds, where there are some, are the thresholds instead
+    loc = localize.localize("bounded", *_chain(errors), "bfloat16", "ref", "dev", local=clean, local_bounds={f"{L0}.mlp": 6.5e-3})
+    assert (loc.first.module, loc.first.verdict, loc.first.local_threshold) == (f"{L0}.mlp", "FIRST local", 6.5e-3)
+    assert loc.summary().endswith("over 0.0065 = its stored bound)") and "stored module_local bound" in loc.rule
     # an exact-match component (float32 against itself) flags any module that adds anything
     exact = dict.fromkeys(local, 0.0) | {"lm_head": 1e-6}
     assert localize.localize("fp32", *_chain(dict.fromkeys(errors, 0.0)), "float32", "ref", "dev", local=exact).first.module == "lm_head"
@@ -223,6 +227,23 @@ def test_module_local_check_fails_on_a_one_percent_weight_error_in_bfloat16(pyte
     assert any(line.startswith("FAILED") and "test_module_local_error[short_en]" in line for line in result.stdout.lines)
     assert (f"short_en/module_local: first module over its local bound: {L0}.mlp (adds rel err 0.0111 on the reference's "
             "inputs, bound 0.00825; 1 of 15 modules over)") in result.stdout.str(), result.stdout.str()[-3000:]
+
+
+def test_module_local_bound_for_a_module_that_did_not_run_fails(pytester):
+    """A stored bound nobody measured (a module renamed or removed by an upgrade) would pass by
+    never being looked at: it fails, naming the module."""
+    import shutil
+
+    baselines = pytester.path / "baselines"
+    shutil.copytree(ROOT / "baselines", baselines)
+    path = baselines / "accuracy" / "embedded-tiny-csm" / "cpu-bfloat16.json"
+    doc = json.loads(path.read_text())
+    doc["cases"]["short_en"]["module_local"]["rel_error@backbone_model.layers.7.mlp"] = {"measured": 5e-3, "bound": 7.5e-3}
+    path.write_text(json.dumps(doc))
+    result = run_suite(pytester, "--csm-case", "short_en", "-k", "module_local", baselines=baselines)
+    assert result.ret == 1, result.stdout.str()[-3000:]
+    assert ("1 module(s) with a stored bound did not run: backbone_model.layers.7.mlp (module renamed or removed?)"
+            in result.stdout.str()), result.stdout.str()[-3000:]
 
 
 # ---- offline compare of dumps ------------------------------------------------------------------
