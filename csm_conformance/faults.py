@@ -15,6 +15,10 @@ Specs (`--csm-fault`, repeatable):
                                                 itself)
   sleep:<milliseconds>                          every frame takes that much longer (a host sleep)
   slowdown:<fraction>                           every frame takes that fraction longer than it did
+  transient:<milliseconds>:<generations>        every frame of the first <generations> generations sleeps
+                                                that much longer, then none (a burst of interference
+                                                on a shared machine, which the gate's confirmation
+                                                measurement must not mistake for a regression)
   leak:<MiB>                                    every frame keeps that much more device memory alive
   raise:<frame>                                 generation raises PlantedFaultError at that frame
   hang:<frame>                                  generation blocks at that frame (pytest-timeout's case)
@@ -231,6 +235,21 @@ def _per_frame_slowdown(model: torch.nn.Module, fraction: float) -> None:
     model.backbone_model.register_forward_hook(hook)
 
 
+def _transient_sleep(model: torch.nn.Module, seconds: float, generations: int) -> None:
+    state = {"started": 0}
+
+    def hook(_module, _inputs, output):
+        hidden = getattr(output, "last_hidden_state", None)
+        if hidden is None:
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+        if torch.is_tensor(hidden) and hidden.dim() >= 2 and hidden.shape[1] != 1:
+            state["started"] += 1  # a prefill: a new generation
+        if state["started"] <= generations:
+            _wait(seconds)
+
+    model.backbone_model.register_forward_hook(hook)
+
+
 def _per_frame_leak(model: torch.nn.Module, mib: float) -> None:
     kept: list[torch.Tensor] = []
     model._planted_leak = kept  # lives as long as the model
@@ -298,6 +317,13 @@ def apply_fault(model: torch.nn.Module, spec: str) -> str:
         fraction = _number(spec, rest)
         _per_frame_slowdown(model, fraction)
         return f"every frame is {fraction:.0%} slower (backbone forward hook)"
+    if kind == "transient":
+        ms_text, _, count_text = rest.partition(":")
+        ms, count = _number(spec, ms_text), _number(spec, count_text or "x")
+        if count != int(count):
+            raise FaultError(f"fault {spec}: the number of generations must be a whole number")
+        _transient_sleep(model, ms / 1000.0, int(count))
+        return f"every frame of the first {int(count)} generations sleeps {ms:g} ms longer (backbone forward hook)"
     if kind == "leak":
         mib = _number(spec, rest)
         _per_frame_leak(model, mib)
@@ -309,4 +335,4 @@ def apply_fault(model: torch.nn.Module, spec: str) -> str:
         action = _raise_at if kind == "raise" else _hang_at
         _at_frame(model, int(frame), lambda: action(int(frame)))
         return f"generation {'raises' if kind == 'raise' else 'hangs'} at frame {int(frame)} (backbone forward hook)"
-    raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, leak:<MiB>, raise:<frame> or hang:<frame>")
+    raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame> or hang:<frame>")

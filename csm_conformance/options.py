@@ -42,7 +42,7 @@ OPTIONS = [
     Option("--csm-min-cosine", "CSM_MIN_COSINE", 0.9999, "logits cosine every case must exceed, whatever its bounds", "float"),
     Option("--csm-golden-min-cosine", "CSM_GOLDEN_MIN_COSINE", 0.99999, "cosine of today's CPU reference against the golden one", "float"),
     Option("--csm-golden-max-rel-error", "CSM_GOLDEN_MAX_REL_ERROR", 1e-4, "relative error of today's CPU reference against the golden one", "float"),
-    Option("--csm-fault", "CSM_FAULT", [], "plant a fault in the device model (self-tests): weight:<param>[:<scale>], rope, nan:<module>, sleep:<ms>, slowdown:<fraction>, leak:<MiB>, raise:<frame>, hang:<frame>", "list"),
+    Option("--csm-fault", "CSM_FAULT", [], "plant a fault in the device model (self-tests): weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame>", "list"),
     Option("--csm-localize", "CSM_LOCALIZE", False, "localize the first diverging module for every prompt case, not only for failing ones", "bool"),
     Option("--csm-dump", "CSM_DUMP", "", "save per-module output dumps (device and reference) to this directory, for offline comparison between stacks"),
     # performance gate
@@ -53,6 +53,7 @@ OPTIONS = [
     Option("--csm-perf-warmup", "CSM_PERF_WARMUP", 1, "untimed warm-up rounds per workload (compiled mode compiles here)", "int"),
     Option("--csm-perf-load-rounds", "CSM_PERF_LOAD_ROUNDS", 3, "timed model loads for the load-time figure", "int"),
     Option("--csm-perf-tolerance", "CSM_PERF_TOLERANCE", ["time=0.05", "memory=0.03", "load=0.25"], "tolerated worsening per figure class, [<device type>.]<time|memory|load>=<fraction or %> (repeatable)", "list"),
+    Option("--csm-perf-confirm", "CSM_PERF_CONFIRM", 1, "a regressed workload is timed again this many times; a figure fails only if every measurement regressed (0: the first decides)", "int"),
     Option("--csm-perf-noise-factor", "CSM_PERF_NOISE_FACTOR", 3.0, "a tolerance is widened to this many coefficients of variation of its figure", "float"),
     Option("--csm-memory-bandwidth", "CSM_MEMORY_BANDWIDTH", 0.0, "device memory bandwidth in GB/s for the bandwidth floor (default: from a table of known devices)", "float"),
 ]
@@ -126,6 +127,7 @@ class Settings:
     csm_perf_warmup: int = 1
     csm_perf_load_rounds: int = 3
     csm_perf_tolerance: list = field(default_factory=lambda: ["time=0.05", "memory=0.03", "load=0.25"])
+    csm_perf_confirm: int = 1
     csm_perf_noise_factor: float = 3.0
     csm_memory_bandwidth: float = 0.0
 
@@ -151,6 +153,8 @@ def settings_from(cli: dict, environ: dict | None = None, ini: dict | None = Non
         raise OptionError(f"--csm-perf-rounds must be at least 1 (a benchmark of zero rounds measures nothing), got {settings.csm_perf_rounds}")
     if settings.csm_perf_load_rounds < 1:
         raise OptionError(f"--csm-perf-load-rounds must be at least 1, got {settings.csm_perf_load_rounds}")
+    if settings.csm_perf_confirm < 0:
+        raise OptionError(f"--csm-perf-confirm must be >= 0, got {settings.csm_perf_confirm}")
     if settings.csm_perf_warmup < 0:
         raise OptionError(f"--csm-perf-warmup must be >= 0, got {settings.csm_perf_warmup}")
     if "compiled" in settings.csm_perf_modes and settings.csm_perf_warmup < 1:

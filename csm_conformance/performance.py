@@ -5,6 +5,15 @@ pytest-benchmark owns the rounds (`benchmark.pedantic`: warm-up rounds, timed ro
 round) and their statistics; each round is a whole fixed-length generation whose frame stamps give
 TTFA, prefill and per-frame latency. Peak memory is measured in one extra round after the timed
 ones, because the CPU's sampler would otherwise steal time from the rounds it measures.
+
+A regression must be confirmed (`--csm-perf-confirm`, 1 by default): a workload whose figures
+regressed is timed again, in the same mode, right away, and a figure fails only when every
+measurement of it regressed, i.e. the gate judges the best of the measurements. Interference on a
+shared machine only ever adds time and comes and goes; a slower stack is slower every time. The
+within-run CV cannot see this: on the 2-core CI CPU the rounds of one run agreed to 1-2 % while
+two runs minutes apart differed by up to 33 % in one compiled prefill. pytest-benchmark's stats
+are those of the first measurement; the figures (`extra_info`) are the gate's, with every
+measurement listed under info.confirmation.
 """
 
 from __future__ import annotations
@@ -69,6 +78,29 @@ def _stack_depth() -> int:
 
 def _figure(values: list[float], value: float | None = None) -> dict:
     return {"value": timing.median(values) if value is None else value, "cv": timing.cv(values)}
+
+
+def _best_of(measurements: list[dict]) -> dict:
+    """Per figure, the best measurement (lowest: every gated figure is lower-is-better), with its
+    own CV; a NaN never wins over a number."""
+    best = {}
+    for name in measurements[0]:
+        candidates = [m[name] for m in measurements if name in m]
+        finite = [f for f in candidates if math.isfinite(f["value"])] or candidates
+        best[name] = dict(min(finite, key=lambda f: f["value"]) if GATED.get(name, ("", "lower"))[1] == "lower"
+                          else max(finite, key=lambda f: f["value"]))
+    return best
+
+
+def _confirmation_note(result: PerfResult, first_regressed: list[str], measurements: list[dict]) -> str:
+    """What the confirmation saw: each figure the first measurement regressed in, every value."""
+    gated = {c.metric: c for c in result.comparisons}
+    parts = [f"{name} " + " -> ".join(f"{m[name]['value']:.4g}" for m in measurements)
+             + (f" (gated {gated[name].change:+.1%}, {gated[name].verdict})" if name in gated else "")
+             for name in first_regressed]
+    verdict = "confirmed" if result.status == "regressed" else "not confirmed: transient, the best measurement passes"
+    return (f"regression in the first measurement {verdict} ({len(measurements) - 1} more measurement(s)): "
+            + "; ".join(parts))
 
 
 class PerformanceRun:
@@ -161,22 +193,26 @@ class PerformanceRun:
             )
             with devices.PeakMemory(device) as memory:
                 timing.generate_round(loaded, inputs, frames, SEED)
-        timed = log[warmup:]
-        stats = benchmark.stats.stats
-        walls = list(stats.data)
+            timed = log[warmup:]
+            stats = benchmark.stats.stats
+            walls = list(stats.data)
+            figures = self._generation_figures(case, timed, walls, memory)
+            judged = self.judge(case.id, case.mode, case.workload.digest, figures, {})
+            self.results.pop()  # judge() kept it; it is judged again below, with any confirmations
+            measurements = [figures]
+            first_regressed = [c.metric for c in judged.comparisons if c.verdict == "regressed"]
+            while judged.status == "regressed" and len(measurements) <= self.settings.csm_perf_confirm:
+                again: list[timing.RoundTiming] = []
+                for _ in range(rounds):
+                    devices.synchronize(device)
+                    again.append(timing.generate_round(loaded, inputs, frames, SEED))
+                with devices.PeakMemory(device) as memory_again:
+                    timing.generate_round(loaded, inputs, frames, SEED)
+                measurements.append(self._generation_figures(case, again, [r.wall_s for r in again], memory_again))
+                figures = _best_of(measurements)
+                judged = self.judge(case.id, case.mode, case.workload.digest, figures, {})
+                self.results.pop()
         wall = float(stats.median)
-        intervals = [i for r in timed for i in r.frame_intervals_s]
-        per_round_median = [timing.median(r.frame_intervals_s) for r in timed]
-        per_round_p90 = [timing.percentile(r.frame_intervals_s, 90) for r in timed]
-        ms = lambda xs: [x * 1e3 for x in xs]  # noqa: E731
-        figures = {
-            "rtf": _figure([w / case.workload.audio_seconds for w in walls]),
-            "ttfa_ms": _figure(ms([r.ttfa_s for r in timed])),
-            "prefill_ms": _figure(ms([r.prefill_s for r in timed])),
-            "frame_ms_median": {"value": timing.median(intervals) * 1e3, "cv": timing.cv(per_round_median)},
-            "frame_ms_p90": {"value": timing.percentile(intervals, 90) * 1e3, "cv": timing.cv(per_round_p90)},
-            "peak_memory_mb": {"value": self._peak_memory(memory) / MIB, "cv": 0.0},
-        }
         weights = bandwidth.weight_bytes_per_frame(loaded.model, loaded.dtype)
         bw, bw_source = bandwidth.device_bandwidth_gbps(self.session.device.name, self.settings.csm_memory_bandwidth)
         floor = bandwidth.floor_figures(weights["total"], figures["frame_ms_median"]["value"] / 1e3, bw)
@@ -192,6 +228,9 @@ class PerformanceRun:
             "rounds": len(walls),
             "warmup_rounds": warmup,
             "compile_s": max(0.0, log[0].wall_s - wall) if (case.mode == "compiled" and warmup) else None,
+            "confirmation": None if len(measurements) == 1 else {
+                "rule": "a figure fails only when every measurement of it regressed: the best measurement is gated",
+                "measurements": measurements},
             "memory_method": memory.method if memory.is_cpu is False else "device model weights + growth of the " + memory.method,
             "memory_growth_mb": None if memory.growth_bytes is None else memory.growth_bytes / MIB,
             "weight_bytes_per_frame": weights,
@@ -200,8 +239,24 @@ class PerformanceRun:
             **floor,
         }
         result = self.judge(case.id, case.mode, case.workload.digest, figures, info)
+        if len(measurements) > 1:
+            result.messages.append(_confirmation_note(result, first_regressed, measurements))
         result.bench = self._bench_entry(benchmark, self._extra(case.id, case.mode, case.workload.digest, figures, info))
         return result
+
+    def _generation_figures(self, case: PerfCase, timed: list, walls: list[float], memory) -> dict:
+        intervals = [i for r in timed for i in r.frame_intervals_s]
+        per_round_median = [timing.median(r.frame_intervals_s) for r in timed]
+        per_round_p90 = [timing.percentile(r.frame_intervals_s, 90) for r in timed]
+        ms = lambda xs: [x * 1e3 for x in xs]  # noqa: E731
+        return {
+            "rtf": _figure([w / case.workload.audio_seconds for w in walls]),
+            "ttfa_ms": _figure(ms([r.ttfa_s for r in timed])),
+            "prefill_ms": _figure(ms([r.prefill_s for r in timed])),
+            "frame_ms_median": {"value": timing.median(intervals) * 1e3, "cv": timing.cv(per_round_median)},
+            "frame_ms_p90": {"value": timing.percentile(intervals, 90) * 1e3, "cv": timing.cv(per_round_p90)},
+            "peak_memory_mb": {"value": self._peak_memory(memory) / MIB, "cv": 0.0},
+        }
 
     def _peak_memory(self, memory: devices.PeakMemory) -> float:
         """Accelerators: the allocator's peak (weights, caches, activations). The CPU has no allocator

@@ -12,8 +12,9 @@ by 1e-3 changes nothing the gate or the localizer can see (98.8 % of the bfloat1
 to the stored ones); 1e-2 fails the end-to-end gate on one metric only (worst-position cosine
 0.9998961 against its bound 0.9999016) and its accumulated error does not stand out from bf16 noise
 (largest jump 1.62, at the planted module), but on the reference's own inputs that MLP adds 1.11e-2
-where its peers add 2.9e-3 to 5.5e-3 (median 4.3e-3): the module_local check fails on its bound
-(8.3e-3) and the localizer's local rule (2 x median) names it. Clean, the largest local error is
+where it added 5.5e-3 clean (its backbone peers 1.7e-3 to 5.0e-3): the module_local check fails on
+its bound (8.3e-3), and the localizer names it (its threshold is that stored bound; without stored
+bounds, 2 x the median of its component). Clean, the largest local error is
 1.67 x its component's median (multi_turn_ctx).
 """
 

@@ -78,8 +78,28 @@ def test_planted_per_frame_sleep_fails_the_gate_with_a_table(pytester, promoted)
                                  "metric*baseline*now*change*tolerance*verdict*"])
     assert "metric" in out and "baseline" in out and "tolerance" in out and "REGRESSED" in out
     assert "PLANTED FAULT: every frame sleeps 20 ms longer" in out
+    assert "regression in the first measurement confirmed (1 more measurement(s)): " in out  # a real slowdown persists
     refused = promote(pytester.path / "output" / "performance_benchmark.json", promoted)
     assert refused.returncode == 2 and "planted faults" in refused.stderr
+
+
+def test_a_transient_slowdown_is_not_confirmed_and_passes(pytester, promoted):
+    """Interference that slows only the first measurement (5 generations: warm-up, 3 rounds, the
+    memory round) regresses it; the confirmation measurement right after is clean, so the gate
+    passes and says why. With --csm-perf-confirm 0 the same burst fails: the confirmation, not a
+    loose tolerance, is what lets it through."""
+    burst = ["--csm-perf-rounds", "3", "--csm-fault", "transient:20:5", "-k", "test_generation"]
+    result = run_perf(pytester, *burst, baselines=promoted)
+    out = result.stdout.str()
+    assert result.ret == 0, out[-3000:]
+    report = json.loads((pytester.path / "output" / "performance_benchmark.json").read_text())
+    (gen,) = [r for r in report["csm"]["results"] if r["mode"] == "eager"]
+    assert any(m.startswith("regression in the first measurement not confirmed: transient") for m in gen["messages"]), gen
+    assert "frame_ms_median" in next(m for m in gen["messages"] if m.startswith("regression in the first"))
+    measured = report["benchmarks"][0]["extra_info"]["info"]["confirmation"]["measurements"]
+    assert len(measured) == 2 and measured[0]["frame_ms_median"]["value"] > 1.5 * measured[1]["frame_ms_median"]["value"]
+    again = run_perf(pytester, *burst, "--csm-perf-confirm", "0", baselines=promoted)
+    assert again.ret == 1 and "performance regressed in" in again.stdout.str(), again.stdout.str()[-3000:]
 
 
 def test_planted_memory_growth_fails_the_gate(pytester, promoted):

@@ -135,3 +135,15 @@ def test_bandwidth_floor_of_full_size_csm():
     floor = bandwidth.floor_figures(parts["total"], 0.010, 3350.0)
     assert floor["floor_frame_ms"] == pytest.approx(2.72, abs=0.01)
     assert floor["bandwidth_fraction"] == pytest.approx(0.272, abs=0.01)
+
+
+def test_best_of_measurements_takes_each_figures_best_with_its_own_cv():
+    from csm_conformance.performance import _best_of
+
+    first = {"rtf": {"value": 0.9, "cv": 0.01}, "frame_ms_median": {"value": 8.0, "cv": 0.02}, "peak_memory_mb": {"value": 10.0, "cv": 0.0}}
+    second = {"rtf": {"value": 0.7, "cv": 0.05}, "frame_ms_median": {"value": float("nan"), "cv": 0.0}, "peak_memory_mb": {"value": 12.0, "cv": 0.0}}
+    best = _best_of([first, second])
+    assert best["rtf"] == {"value": 0.7, "cv": 0.05}  # lower is better, and its own CV comes along
+    assert best["frame_ms_median"] == {"value": 8.0, "cv": 0.02}  # a NaN never wins
+    assert best["peak_memory_mb"]["value"] == 10.0
+    assert first["rtf"]["value"] == 0.9  # the measurements themselves are left as they were
