@@ -92,6 +92,10 @@ class BoundsBook:
                 "re-record with --csm-record-bounds"
             )
 
+    def bounds_of(self, case: str, check: str) -> dict[str, float]:
+        """{metric: bound} of every metric stored for one check of one case."""
+        return {m: float(e["bound"]) for m, e in ((self.data["cases"].get(case) or {}).get(check) or {}).items()}
+
     def bound(self, case: str, check: str, metric: str) -> float | None:
         entry = ((self.data["cases"].get(case) or {}).get(check) or {}).get(metric)
         return None if entry is None else float(entry["bound"])

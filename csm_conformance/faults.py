@@ -213,6 +213,15 @@ def _wait(seconds: float) -> None:
         pass
 
 
+def _positions(output) -> int | None:
+    """Positions a backbone call computed (None if its output is not a [batch, positions, ...]
+    tensor): 1 for a decode step, more for the prompt, which starts a generation."""
+    hidden = getattr(output, "last_hidden_state", None)
+    if hidden is None:
+        hidden = output[0] if isinstance(output, (tuple, list)) else output
+    return int(hidden.shape[1]) if torch.is_tensor(hidden) and hidden.dim() >= 2 else None
+
+
 def _per_frame_slowdown(model: torch.nn.Module, fraction: float) -> None:
     """Each decode frame waits `fraction` of its own duration: the time from the end of the
     previous backbone call to the end of this one (the depth decoder's 31 steps, then this
@@ -224,11 +233,7 @@ def _per_frame_slowdown(model: torch.nn.Module, fraction: float) -> None:
     def hook(_module, _inputs, output):
         devices.synchronize(device)
         now = time.perf_counter()
-        hidden = getattr(output, "last_hidden_state", None)
-        if hidden is None:
-            hidden = output[0] if isinstance(output, (tuple, list)) else output
-        prefill = not torch.is_tensor(hidden) or hidden.dim() < 2 or hidden.shape[1] != 1
-        if not prefill and state["last"] is not None:
+        if _positions(output) == 1 and state["last"] is not None:
             _wait(fraction * (now - state["last"]))
         state["last"] = time.perf_counter()
 
@@ -239,10 +244,7 @@ def _transient_sleep(model: torch.nn.Module, seconds: float, generations: int) -
     state = {"started": 0}
 
     def hook(_module, _inputs, output):
-        hidden = getattr(output, "last_hidden_state", None)
-        if hidden is None:
-            hidden = output[0] if isinstance(output, (tuple, list)) else output
-        if torch.is_tensor(hidden) and hidden.dim() >= 2 and hidden.shape[1] != 1:
+        if _positions(output) not in (None, 1):
             state["started"] += 1  # a prefill: a new generation
         if state["started"] <= generations:
             _wait(seconds)

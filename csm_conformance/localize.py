@@ -107,34 +107,10 @@ def _first_tensor(output):
     return None
 
 
-@contextmanager
 def capturing(model: torch.nn.Module, component: str):
     """While active, the outputs of `component`'s modules land in the yielded dict (CPU float32
     copies, in the order the modules ran). Modules without weights (ELU, Identity) are skipped."""
-    captured: dict[str, torch.Tensor] = {}
-    calls: dict[str, int] = {}
-
-    def recorder(name: str):
-        def hook(_module, _inputs, output):
-            tensor = _first_tensor(output)
-            if tensor is None or not tensor.is_floating_point():
-                return
-            calls[name] = calls.get(name, 0) + 1
-            key = name if calls[name] == 1 else f"{name}#{calls[name]}"
-            captured[key] = tensor.detach().to("cpu", torch.float32, copy=True)
-
-        return hook
-
-    handles = []
-    for live, module in model.named_modules():
-        name = module_name(live)
-        if COMPONENTS[component].match(name) and next(module.parameters(recurse=True), None) is not None:
-            handles.append(module.register_forward_hook(recorder(name)))
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _hooked_calls(model, component, with_inputs=False)
 
 
 def capture_prompt(loaded, case, codes: torch.Tensor, context_codec=None) -> dict[str, torch.Tensor]:
@@ -226,12 +202,19 @@ def _to_target(obj, device, dtype, key: str = ""):
     return obj
 
 
-@contextmanager
 def recording_calls(model: torch.nn.Module, component: str):
     """Like `capturing`, but each entry is (args, kwargs, output) of one call, on the CPU."""
-    calls: dict[str, tuple] = {}
+    return _hooked_calls(model, component, with_inputs=True)
+
+
+@contextmanager
+def _hooked_calls(model: torch.nn.Module, component: str, with_inputs: bool):
+    """Forward hooks on `component`'s modules with weights; each call with a floating-point output
+    adds an entry under its module name (`#2`, `#3`, ... for later calls): the output as a CPU
+    float32 copy, or (args, kwargs, output) with CPU copies of the inputs."""
+    entries: dict[str, object] = {}
     counts: dict[str, int] = {}
-    caches = _cache_types()
+    caches = _cache_types() if with_inputs else ()
 
     def recorder(name: str):
         def hook(_module, args, kwargs, output):
@@ -240,8 +223,8 @@ def recording_calls(model: torch.nn.Module, component: str):
                 return
             counts[name] = counts.get(name, 0) + 1
             key = name if counts[name] == 1 else f"{name}#{counts[name]}"
-            calls[key] = (_copy_inputs(args, caches), _copy_inputs(kwargs, caches),
-                          tensor.detach().to("cpu", torch.float32, copy=True))
+            out = tensor.detach().to("cpu", torch.float32, copy=True)
+            entries[key] = (_copy_inputs(args, caches), _copy_inputs(kwargs, caches), out) if with_inputs else out
 
         return hook
 
@@ -251,7 +234,7 @@ def recording_calls(model: torch.nn.Module, component: str):
         if COMPONENTS[component].match(name) and next(module.parameters(recurse=True), None) is not None:
             handles.append(module.register_forward_hook(recorder(name), with_kwargs=True))
     try:
-        yield calls
+        yield entries
     finally:
         for handle in handles:
             handle.remove()

@@ -179,8 +179,8 @@ class ConformanceSession:
         the run records bounds)."""
         if self.bounds is None or self.settings.csm_record_bounds:
             return {}
-        stored = (self.bounds.data["cases"].get(case_id) or {}).get("module_local") or {}
-        return {name.split("@", 1)[1]: float(entry["bound"]) for name, entry in stored.items() if "@" in name}
+        stored = self.bounds.bounds_of(case_id, "module_local")
+        return {name.split("@", 1)[1]: bound for name, bound in stored.items() if "@" in name}
 
     # ---- the gate -----------------------------------------------------------------------
     def nonfinite_result(self, case: str, check: str, **tensors: torch.Tensor) -> CheckResult | None:
