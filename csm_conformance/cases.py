@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 SAMPLE_RATE = 24000
-DEFAULT_CATALOGUE = Path(__file__).resolve().parent.parent / "tests" / "data" / "accuracy_cases.yaml"
+DEFAULT_CATALOGUE = Path(__file__).resolve().parent / "data" / "accuracy_cases.yaml"
 
 
 class CatalogueError(ValueError):

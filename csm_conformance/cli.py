@@ -157,8 +157,12 @@ def _speak(args: argparse.Namespace, prog: str) -> int:
     except ConformanceError:
         raise
     except Exception as exc:  # a crash inside generate (NaN in sampling, a backend error): one line, not a traceback
+        from .known_issues import known_issue
+
+        issue = known_issue("compiled" if args.compile else "eager", exc)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"{prog}: error: generation failed: {type(exc).__name__}: {first}", file=sys.stderr)
+        print(f"{prog}: error: generation failed: " + (issue.reason + " (run without --compile)" if issue else f"{type(exc).__name__}: {first}"),
+              file=sys.stderr)
         return 1
     from .reporting import wav_bytes
 

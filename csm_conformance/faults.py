@@ -22,6 +22,11 @@ Specs (`--csm-fault`, repeatable):
   leak:<MiB>                                    every frame keeps that much more device memory alive
   raise:<frame>                                 generation raises PlantedFaultError at that frame
   hang:<frame>                                  generation blocks at that frame (pytest-timeout's case)
+  xversion:<rmsnorm|mimi>[:<relative>]          a cross-version numeric change: transformers' CSM RMSNorm
+                                                (or Mimi's Conv1d) output scaled by 1 + relative (default
+                                                1e-3), patched in the class, so the CPU reference changes
+                                                with the device, as when a release changes a function:
+                                                only the golden drift gate can see it
 
 The performance faults hook the backbone's forward, which runs once per generated frame.
 Every fault's note (what apply_fault returns) names the module it was planted in.
@@ -288,8 +293,31 @@ def _hang_at(frame: int) -> None:
         time.sleep(1.0)
 
 
+def _cross_version_change(model: torch.nn.Module, target: str, relative: float) -> str:
+    class_names = {"rmsnorm": "CsmRMSNorm", "mimi": "MimiConv1d"}  # the same names on 4.x and 5.x
+    if target not in class_names:
+        raise FaultError(f"fault xversion:{target}: use xversion:rmsnorm or xversion:mimi[:<relative>]")
+    cls = next((type(m) for m in model.modules() if type(m).__name__ == class_names[target]), None)
+    if cls is None:
+        raise FaultError(f"fault xversion:{target}: the model has no {class_names[target]} module")
+    original = cls.forward
+    if getattr(original, "_csm_xversion", False):
+        raise FaultError(f"fault xversion:{target} is planted twice")
+
+    def forward(self, *args, **kwargs):
+        return original(self, *args, **kwargs) * (1.0 + relative)
+
+    forward._csm_xversion = True
+    cls.forward = forward
+    return (f"transformers' {cls.__module__}.{cls.__name__}.forward scales its output by 1 + {relative:g} in this process "
+            "(reference and device alike: a cross-version numeric change)")
+
+
 def apply_fault(model: torch.nn.Module, spec: str) -> str:
     kind, _, rest = spec.partition(":")
+    if kind == "xversion":
+        target, _, relative = rest.partition(":")
+        return _cross_version_change(model, target, _number(spec, relative) if relative else 1e-3)
     if kind == "weight":
         name, _, scale = rest.rpartition(":") if rest.count(":") else (rest, "", "")
         try:
@@ -337,4 +365,4 @@ def apply_fault(model: torch.nn.Module, spec: str) -> str:
         action = _raise_at if kind == "raise" else _hang_at
         _at_frame(model, int(frame), lambda: action(int(frame)))
         return f"generation {'raises' if kind == 'raise' else 'hangs'} at frame {int(frame)} (backbone forward hook)"
-    raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame> or hang:<frame>")
+    raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame> or xversion:<rmsnorm|mimi>[:<relative>]")

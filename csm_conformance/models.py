@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from . import tiny_model
+from .load_integrity import LoadIntegrity, inspect_load, mismatched_shapes
 
 DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -97,6 +98,7 @@ class LoadedModel:
     identity: ModelIdentity
     load_seconds: float
     notes: list[str] = field(default_factory=list)
+    integrity: LoadIntegrity | None = None  # None: not loaded from a checkpoint (random-full)
 
 
 def _from_pretrained_kwargs(dtype: torch.dtype) -> dict:
@@ -118,17 +120,10 @@ def state_digest(model: torch.nn.Module) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=1)
-def tiny_weights_digest() -> str:
-    """The embedded model's digest over its float32 weights, whatever dtype a run loads it in, so
-    a performance-only run (no float32 reference) names the same weights as an accuracy run."""
-    from transformers import CsmForConditionalGeneration
-
-    model = CsmForConditionalGeneration.from_pretrained(str(tiny_model.ensure_tiny_model_dir()), **_from_pretrained_kwargs(torch.float32))
-    return state_digest(model)
-
-
-def _files_digest(directory: Path) -> str:
+def files_digest(directory: Path) -> str:
+    """The weights' identity: a hash of the weight files as stored, the same on every stack that
+    reads them (so bounds and golden references apply to every stack, and a stack that loads the
+    files differently is judged by the load integrity check, not refused)."""
     h = hashlib.sha256()
     for path in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
         h.update(path.name.encode())
@@ -138,29 +133,9 @@ def _files_digest(directory: Path) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
-# Keys transformers reports as missing although they are tied to a stored tensor.
-TIED_KEYS = ("depth_decoder.model.embed_tokens",)
-
-
-def weights_mismatch(info: dict) -> str | None:
-    """One line naming what `from_pretrained(output_loading_info=True)` found wrong, or None.
-
-    transformers only warns when a checkpoint lacks tensors the config asks for (it initialises
-    them at random), holds tensors the config has no place for (it drops them), or holds tensors of
-    another shape (it re-initialises them under ignore_mismatched_sizes). Each of these is a
-    different model from the one the checkpoint describes, so each is an error here.
-    """
-    missing = sorted(k for k in info.get("missing_keys") or () if not k.startswith(TIED_KEYS))
-    unexpected = sorted(info.get("unexpected_keys") or ())
-    mismatched = sorted(  # 5.x: (key, checkpoint shape, model shape); 4.x: the key alone
-        m if isinstance(m, str) else f"{m[0]} (checkpoint {list(m[1])}, config {list(m[2])})"
-        for m in info.get("mismatched_keys") or ()
-    )
-    errors = [str(e).strip().splitlines()[0] for e in info.get("error_msgs") or () if str(e).strip()]
-    parts = [f"{len(keys)} {what}, e.g. {keys[0]}" for what, keys in
-             (("of another shape", mismatched), ("missing from the checkpoint", missing),
-              ("in the checkpoint but not in the config", unexpected), ("load errors", errors)) if keys]
-    return "; ".join(parts) or None
+@functools.lru_cache(maxsize=1)
+def tiny_weights_digest() -> str:
+    return files_digest(tiny_model.ensure_tiny_model_dir())
 
 
 class ModelSource:
@@ -214,7 +189,7 @@ class ModelSource:
 
     def describe_spec(self) -> str:
         if self.kind == "embedded-tiny":
-            return f"{tiny_model.MODEL_NAME} (recipe {tiny_model.recipe_digest()})"
+            return f"{tiny_model.MODEL_NAME} (fixed checkpoint {tiny_model.CHECKPOINT_DIR})"
         if self.kind == "random-full":
             return f"{RANDOM_FULL_NAME} (seed {RANDOM_FULL_SEED})"
         return self.spec
@@ -248,18 +223,19 @@ class ModelSource:
         except Exception as exc:  # noqa: BLE001  safetensors, tokenizers and the hub raise their own types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ModelError(f"could not load '{self.spec}' on {device}: {type(exc).__name__}: {first}") from None
-        problem = weights_mismatch(info)
-        if problem:
-            raise ModelError(f"weights in '{self.spec}' do not match its config.json: {problem}")
+        wrong_shape = mismatched_shapes(info)
+        if wrong_shape:
+            raise ModelError(f"weights in '{self.spec}' do not match its config.json: {len(wrong_shape)} of another shape, e.g. {wrong_shape[0]}")
+        integrity = inspect_load(model, info)  # judged by test_load_integrity, not refused here
         model = model.to(device)  # no device_map: that would need accelerate, whose NPU detection is fragile
         if self.kind == "embedded-tiny":
-            identity = ModelIdentity(self.key, self.kind, "built in", None, state_digest(model) if dtype == torch.float32 else tiny_weights_digest())
+            identity = ModelIdentity(self.key, self.kind, "fixed checkpoint in the package", None, tiny_weights_digest())
         else:
             path = Path(location)
             revision = path.name if path.parent.name == "snapshots" else None
-            digest = _files_digest(path) if path.is_dir() else None
+            digest = files_digest(path) if path.is_dir() else None
             identity = ModelIdentity(self.key, self.kind, location, revision, digest)
-        return LoadedModel(model, processor, device, dtype, identity, 0.0)
+        return LoadedModel(model, processor, device, dtype, identity, 0.0, integrity=integrity)
 
     def _random_full(self, device: str, dtype: torch.dtype, reference: LoadedModel | None) -> LoadedModel:
         from transformers import AutoProcessor

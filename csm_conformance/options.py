@@ -32,7 +32,7 @@ OPTIONS = [
     Option("--csm-dtype", "CSM_DTYPE", "bfloat16", "dtype of the device model: bfloat16, float16 or float32"),
     Option("--csm-require-device", "CSM_REQUIRE_DEVICE", False, "fail when auto finds no accelerator instead of running on the CPU", "bool"),
     Option("--csm-strict", "CSM_STRICT", False, "a missing bound or golden reference fails instead of being reported", "bool"),
-    Option("--csm-cases", "CSM_CASES", "", "case catalogue YAML (default: tests/data/accuracy_cases.yaml)"),
+    Option("--csm-cases", "CSM_CASES", "", "case catalogue YAML (default: csm_conformance/data/accuracy_cases.yaml)"),
     Option("--csm-case", "CSM_CASE", [], "run only these case ids (repeatable, or comma-separated in the env var)", "list"),
     Option("--csm-baselines", "CSM_BASELINES", "", "baselines directory (default: baselines/ at the repo root)"),
     Option("--csm-output", "CSM_OUTPUT", "output", "directory for the JSON, summary and audio reports"),
@@ -46,7 +46,7 @@ OPTIONS = [
     Option("--csm-localize", "CSM_LOCALIZE", False, "localize the first diverging module for every prompt case, not only for failing ones", "bool"),
     Option("--csm-dump", "CSM_DUMP", "", "save per-module output dumps (device and reference) to this directory, for offline comparison between stacks"),
     # performance gate
-    Option("--csm-workloads", "CSM_WORKLOADS", "", "performance workload catalogue YAML (default: tests/data/performance_workloads.yaml)"),
+    Option("--csm-workloads", "CSM_WORKLOADS", "", "performance workload catalogue YAML (default: csm_conformance/data/performance_workloads.yaml)"),
     Option("--csm-workload", "CSM_WORKLOAD", [], "time only these workload ids (repeatable, or comma-separated)", "list"),
     Option("--csm-perf-modes", "CSM_PERF_MODES", ["eager", "compiled"], "timing modes: eager and/or compiled (static cache + torch.compile)", "list"),
     Option("--csm-perf-rounds", "CSM_PERF_ROUNDS", 5, "timed rounds per workload (the median is gated)", "int"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from . import devices, perf_reporting, reporting
+from . import devices, perf_reporting, reporting, rootfix
 from .bounds import BaselineError
 from .options import OPTIONS, OptionError, Settings, settings_from
 from .session import ConformanceError, ConformanceSession
@@ -61,6 +61,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(opt.dest, help=opt.help, default=None)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """`--csm-model DIR` (space form) with DIR outside the repository: see rootfix."""
+    rootfix.reroot(early_config, parser, args)
+
+
 def _worker_id(config: pytest.Config) -> str | None:
     """'gwK' in a pytest-xdist worker, else None. Read from xdist's workerinput, not from the
     PYTEST_XDIST_WORKER variable, which a plain pytest started by an xdist test would inherit."""
@@ -86,7 +92,10 @@ def _under_xdist(config: pytest.Config) -> bool:
 def _settings(config: pytest.Config) -> Settings:
     cli = {opt.dest: getattr(config.option, opt.dest, None) for opt in OPTIONS}
     ini = {opt.dest: config.getini(opt.dest) for opt in OPTIONS}
-    return settings_from(cli, ini=ini)
+    settings = settings_from(cli, ini=ini)
+    if not settings.csm_baselines and (config.rootpath / "baselines").is_dir():  # the checkout's, also when installed
+        settings.csm_baselines = str(config.rootpath / "baselines")
+    return settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -282,8 +291,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         and item.config.option.verbose < 2
     ):
         exc = call.excinfo.value
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        report.longrepr = f"{item.name}: the device model raised {type(exc).__name__}: {first} (-vv for the traceback)"
+        if isinstance(exc, ImportError):  # a missing dependency: the whole message says what to install
+            report.longrepr = f"{item.name}: a dependency is missing: {' '.join(str(exc).split())} (-vv for the traceback)"
+        else:  # the reference or the device model, or the check itself: the traceback (-vv) tells which
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            report.longrepr = f"{item.name}: the check raised {type(exc).__name__}: {first} (-vv for the traceback)"
     elif (report.when == "call" and report.failed and call.excinfo is not None and item.config.option.verbose < 2
           and str(call.excinfo.value).startswith("Timeout (>")):  # pytest-timeout: say where it hung
         at = call.excinfo.traceback.filter(call.excinfo)[-1]

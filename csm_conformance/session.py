@@ -77,6 +77,22 @@ def _json_float(value):
     return value if math.isfinite(value) else str(value)
 
 
+def _require_audio_backend(catalogue: Catalogue) -> None:
+    """transformers before 4.56 reads context audio through librosa even when it is given as an
+    array (its load_audio requires it), so cases with context audio cannot run there without it:
+    say so once, before any test, instead of one ImportError per case."""
+    import importlib.util
+
+    import transformers
+
+    from .stack_range import LIBROSA_BEFORE, parse_version
+
+    has_context = any(case.context for case in catalogue.prompts)
+    if has_context and parse_version(transformers.__version__)[:2] < LIBROSA_BEFORE and importlib.util.find_spec("librosa") is None:
+        raise ConformanceError(f"transformers {transformers.__version__} needs librosa to read the context audio of multi-turn cases "
+                               "(its load_audio requires it before 4.56): pip install 'csm-conformance[librosa]' (or librosa)")
+
+
 class ConformanceSession:
     def __init__(self, settings: Settings, worker_index: int | None = None):
         self.settings = settings
@@ -87,6 +103,7 @@ class ConformanceSession:
             self.catalogue: Catalogue = load_catalogue(settings.csm_cases or None).select(settings.csm_case)
         except (devices.DeviceError, ValueError, RuntimeError) as exc:
             raise ConformanceError(str(exc)) from None
+        _require_audio_backend(self.catalogue)
         self.dtype_name = dtype_name(self.dtype)
         self.model_key = self.source.key
         self.bounds_file = bounds_path(settings.baselines_dir, self.model_key, self.device.type, self.dtype_name)
@@ -183,6 +200,38 @@ class ConformanceSession:
         return {name.split("@", 1)[1]: bound for name, bound in stored.items() if "@" in name}
 
     # ---- the gate -----------------------------------------------------------------------
+    def check_load_integrity(self) -> CheckResult | None:
+        """The `load_integrity` check of both loads (None: nothing was loaded from a checkpoint).
+        Its message blames the stack when the checkpoint is the suite's fixed embedded one."""
+        loads = [(side, loaded) for side, loaded in (("reference", self.reference), ("device", self.target))
+                 if loaded is not None and loaded.integrity is not None]
+        if not loads:
+            return None
+        def key(loaded):
+            return tuple(tuple(v) for v in loaded.integrity.as_dict().values())
+        problems = {}
+        for side, loaded in loads:  # one line per distinct finding, naming the loads that show it
+            if not loaded.integrity.clean:
+                problems.setdefault(key(loaded), (loaded.integrity, []))[1].append(side)
+        names = {"missing": "missing_tensors", "unexpected": "dropped_tensors", "untied": "untied_ties", "errors": "load_errors"}
+        values = {f"{names[kind]}@{side}": float(len(items)) for side, loaded in loads
+                  for kind, items in loaded.integrity.as_dict().items()}
+        result = CheckResult("model", "load_integrity", status="failed" if problems else "passed")
+        result.rows = [MetricRow(name, value, 0.0, "invariant", value == 0.0, "==") for name, value in values.items()]
+        if problems:
+            versions = devices.software_versions()
+            stack = f"transformers {versions.get('transformers')} with torch {versions.get('torch')}"
+            for integrity, sides in problems.values():
+                result.messages.append(f"{' and '.join(sides)} load: " + "; ".join(integrity.problems()))
+            if self.source.kind == "embedded-tiny":
+                result.messages.append(f"this is the suite's fixed embedded checkpoint, which other supported releases load cleanly "
+                                       f"(docs/stack-range.md): the fault is this stack's ({stack}), and checks on these weights test other weights")
+            else:
+                result.messages.append(f"{stack} loaded '{self.source.spec}' differently from how it is stored: "
+                                       "run the same command on your current stack to see whether it loads it cleanly")
+        self.results.append(result)
+        return result
+
     def nonfinite_result(self, case: str, check: str, **tensors: torch.Tensor) -> CheckResult | None:
         """A failed result naming every output (by its keyword) that holds NaN or Inf, or None."""
         bad = {name: metrics.describe_nonfinite(t) for name, t in tensors.items()}
@@ -218,7 +267,8 @@ class ConformanceSession:
             raise NonFiniteOutputError(result.failure_text()) from exc
 
     def evaluate(self, case: str, check: str, values: dict[str, float], floors: dict[str, float] | None = None,
-                 invariants: dict[str, tuple[float, str, float]] | None = None, use_bounds: bool = True) -> CheckResult:
+                 invariants: dict[str, tuple[float, str, float]] | None = None, use_bounds: bool = True,
+                 info: dict[str, float] | None = None) -> CheckResult:
         """Judge one check. `floors`: metric -> threshold that holds whatever the bounds say;
         `invariants`: name -> (value, op, required) with op one of >=, <=, ==; `use_bounds=False`
         for checks judged by fixed thresholds alone (golden drift), whose other metrics are info."""
@@ -242,6 +292,8 @@ class ConformanceSession:
         for name, threshold in (floors or {}).items():
             ok = metrics.is_within(name, values[name], threshold)
             result.rows.append(MetricRow(name, values[name], threshold, "floor", ok))
+        for name, value in (info or {}).items():  # shown and reported, never judged
+            result.rows.append(MetricRow(name, value, None, "info", None))
         for name, (value, op, required) in (invariants or {}).items():
             ok = {">=": value >= required, "<=": value <= required, "==": value == required}[op]
             result.rows.append(MetricRow(name, float(value), float(required), "invariant", bool(ok), op))
@@ -262,8 +314,11 @@ class ConformanceSession:
         bad = self.nonfinite_result(case, check, reference=ref, device=dev)
         if bad is not None:
             return bad
-        values = metrics.logits_metrics(ref, dev)
-        return self.evaluate(case, check, values, floors={"cosine": self.settings.csm_min_cosine})
+        values = metrics.logits_metrics(ref, dev, self.dtype)
+        ties = int(metrics.near_ties(ref, self.dtype).sum())
+        result = self.evaluate(case, check, values, floors={"cosine": self.settings.csm_min_cosine},
+                               info={"argmax_near_ties": float(ties)})
+        return result
 
     # ---- golden references ----------------------------------------------------------------
     def golden_file(self, case_id: str) -> Path:

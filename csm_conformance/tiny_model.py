@@ -1,29 +1,36 @@
 """The embedded tiny CSM: the model CI runs on, since no machine here reaches a model hub.
 
-It is written to a directory in the `sesame/csm-1b` layout (config.json, safetensors, tokenizer,
-chat template, preprocessor config) and then loaded through the same `from_pretrained` path a
-real checkpoint takes, so the loading code under test is the real one.
+It is a **fixed checkpoint committed in the package** (`assets/embedded-tiny-csm/`), in the
+layout of the published `sesame/csm-1b` (config.json with its keys, one model.safetensors holding
+the tensors a transformers 4.x conversion stores - the codebook embedding once, as
+`depth_decoder.model.embed_tokens.weight` - tokenizer files, chat template, preprocessor config),
+and it is loaded through the same `from_pretrained` path a real checkpoint takes.
 
-Determinism across software versions matters more than anything else here: the golden references
-and the upgrade verdict compare runs of different torch / transformers versions on this model, so
-its weights must not depend on either library's initialisers or RNG. Every tensor is therefore
-drawn by NumPy from a seed derived from the tensor's *canonical* name (the transformers 4.x key
-layout, which 5.x still reads), and the tokenizer is a committed `tokenizer.json`, not retrained.
+Why committed files and not a model built at run time: bounds, golden references and the upgrade
+verdict compare stacks on this model, so every stack must be handed the same bytes. A directory
+written by the running transformers' own `save_pretrained` is not: 5.0-5.20 write a different
+set of tensors. With fixed files, a stack that *loads* them differently is judged by the load
+integrity check instead of silently testing other weights. The weights digest is of the files.
+
+The files were written once by `write_model_dir` under transformers 4.57.6 (the layout the
+published checkpoint has); `python -m csm_conformance.tiny_model --write DIR` reproduces them
+there. Every tensor is drawn by NumPy from a seed derived from its checkpoint name, so
+`verify_checkpoint` can check each stored value against its recipe on any stack.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 ASSETS = Path(__file__).parent / "assets"
-TOKENIZER_FILE = ASSETS / "tokenizer.json"
-CHAT_TEMPLATE_FILE = ASSETS / "chat_template.jinja"
+CHECKPOINT_DIR = ASSETS / "embedded-tiny-csm"
+TOKENIZER_FILE = CHECKPOINT_DIR / "tokenizer.json"
+CHAT_TEMPLATE_FILE = CHECKPOINT_DIR / "chat_template.jinja"
+WRITTEN_WITH = "4.57.6"  # the transformers release whose save_pretrained wrote CHECKPOINT_DIR
 
 MODEL_NAME = "embedded-tiny-csm"
 WEIGHTS_SEED = 20250301
@@ -263,39 +270,29 @@ def write_model_dir(target: Path) -> Path:
     return target
 
 
-def recipe_digest() -> str:
-    """Hash of everything that decides the tiny model's bytes, to key its on-disk cache."""
-    import transformers
-
-    h = hashlib.sha256()
-    h.update(Path(__file__).read_bytes())
-    h.update(TOKENIZER_FILE.read_bytes())
-    h.update(CHAT_TEMPLATE_FILE.read_bytes())
-    h.update(transformers.__version__.encode())
-    return h.hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    base = os.environ.get("CSM_CONFORMANCE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "csm-conformance"
-    )
-    return Path(base)
-
-
 def ensure_tiny_model_dir() -> Path:
-    """The tiny checkpoint directory, built once per recipe and reused (written atomically)."""
-    final = cache_root() / f"tiny-{recipe_digest()}"
-    if (final / "config.json").exists() and (final / "chat_template.jinja").exists():
-        return final
-    staging = final.with_name(final.name + f".tmp{os.getpid()}")
-    write_model_dir(staging)
-    try:
-        staging.rename(final)
-    except OSError:  # another worker won the race; its copy is identical
-        import shutil
+    """The committed checkpoint directory (read-only: nothing is written at run time)."""
+    if not (CHECKPOINT_DIR / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the embedded checkpoint is missing from the installed package: {CHECKPOINT_DIR}")
+    return CHECKPOINT_DIR
 
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
+
+# The tie makes the stored depth-decoder embedding the backbone's codebook embedding, drawn under its name.
+TIED_RECIPE = {"depth_decoder.model.embed_tokens.weight": "backbone_model.embed_tokens.embed_audio_tokens.weight"}
+
+
+def verify_checkpoint(directory: Path = CHECKPOINT_DIR) -> list[str]:
+    """Tensors whose stored values differ from their seeded recipe (empty: the files are the recipe)."""
+    from safetensors import safe_open
+
+    wrong = []
+    with safe_open(str(directory / "model.safetensors"), framework="np") as f:
+        for name in f.keys():
+            stored = f.get_tensor(name)
+            canonical = TIED_RECIPE.get(canonical_name(name), canonical_name(name))
+            if not np.array_equal(stored, _draw(canonical, tuple(stored.shape), _kind(canonical, tuple(stored.shape)))):
+                wrong.append(name)
+    return wrong
 
 
 def main() -> None:
@@ -303,7 +300,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regenerate-tokenizer", action="store_true", help="retrain assets/tokenizer.json")
-    parser.add_argument("--write", type=Path, help="write the tiny checkpoint into this directory")
+    parser.add_argument("--write", type=Path, help=f"write the tiny checkpoint into this directory (run under transformers {WRITTEN_WITH} to reproduce the committed one)")
     args = parser.parse_args()
     if args.regenerate_tokenizer:
         tok = build_tokenizer()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .cases import read_yaml
 
-DEFAULT_WORKLOADS = Path(__file__).resolve().parent.parent / "tests" / "data" / "performance_workloads.yaml"
+DEFAULT_WORKLOADS = Path(__file__).resolve().parent / "data" / "performance_workloads.yaml"
 FRAME_RATE_HZ = 12.5  # Mimi frames per second of audio
 MODES = ("eager", "compiled")
 

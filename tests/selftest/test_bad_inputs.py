@@ -69,16 +69,63 @@ def test_model_that_is_not_this_checkpoint_ends_the_run(pytester, model_dirs, wh
 
 @pytest.mark.parametrize("which,needle", [
     ("wider_ffn", "6 of another shape, e.g. backbone_model.layers.0.mlp.down_proj.weight"),
-    ("more_layers", "9 missing from the checkpoint, e.g. backbone_model.layers.2."),
-    ("fewer_layers", "9 in the checkpoint but not in the config, e.g. backbone_model.layers.1."),
     ("truncated", "could not load"),
 ])
-def test_weights_that_do_not_fit_the_config_are_an_error(model_dirs, which, needle):
-    """transformers initialises missing tensors at random, drops unused ones and (asked to ignore
-    sizes) re-initialises reshaped ones, with a warning: each would test some other model."""
+def test_weights_that_cannot_be_this_config_are_an_error(model_dirs, which, needle):
+    """Tensors of another shape (which transformers, asked to ignore sizes, re-initialises) or
+    unreadable files: the checkpoint is not the one its config.json describes, a bad input."""
     with pytest.raises(models.ModelError, match=re.escape(needle)) as err:
         models.ModelSource(str(model_dirs[which])).load("cpu", torch.float32)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("which,field,count,first", [
+    ("more_layers", "missing", 9, "backbone_model.layers.2."),
+    ("fewer_layers", "unexpected", 9, "backbone_model.layers.1."),
+])
+def test_tensors_missing_or_dropped_are_found_at_load(model_dirs, which, field, count, first):
+    """transformers initialises missing tensors at random and drops unused ones with a warning:
+    the load integrity check (not a refusal) judges it, so a stack that loads differently is judged."""
+    integrity = models.ModelSource(str(model_dirs[which])).load("cpu", torch.float32).integrity
+    found = getattr(integrity, field)
+    assert len(found) == count and found[0].startswith(first), found
+    assert not integrity.clean
+
+
+def test_load_integrity_check_names_the_tensors(pytester, model_dirs):
+    result = run_suite(pytester, "--csm-case", "short_en", "--csm-model", str(model_dirs["more_layers"]), "-k", "load_integrity")
+    assert result.ret == 1, result.stdout.str()[-2000:]
+    result.stdout.fnmatch_lines([
+        "*model/load_integrity: reference and device load: 9 tensor(s) missing from what was loaded, so initialised at random: "
+        "backbone_model.layers.2.*",
+    ])
+
+
+def test_untied_codebook_embedding_is_found():
+    """What transformers 5.0-5.20 do with a checkpoint that stores CSM's codebook embedding once:
+    the backbone's copy is not tied to the stored one (and is left at its random initial values)."""
+    from csm_conformance.load_integrity import CODEBOOK_TIE, inspect_load
+
+    model = models.ModelSource("tiny").load("cpu", torch.float32).model
+    assert inspect_load(model, {}).clean
+    backbone = model.get_submodule(CODEBOOK_TIE[0].rsplit(".", 1)[0])
+    backbone.weight = torch.nn.Parameter(torch.randn_like(backbone.weight))  # untied, random
+    found = inspect_load(model, {"missing_keys": [CODEBOOK_TIE[0]]})
+    assert found.missing == [CODEBOOK_TIE[0]]
+    assert found.untied == [f"{CODEBOOK_TIE[0]} != {CODEBOOK_TIE[1]}"]
+
+
+def test_embedded_checkpoint_blames_the_stack(monkeypatch):
+    from csm_conformance.load_integrity import LoadIntegrity
+
+    session = ConformanceSession(settings_from({"csm_case": ["short_en"]}, environ={}))
+    session.load_models()
+    session.reference.integrity = LoadIntegrity(missing=["backbone_model.embed_tokens.embed_audio_tokens.weight"])
+    result = session.check_load_integrity()
+    assert result.status == "failed"
+    text = result.failure_text()
+    assert "reference load: 1 tensor(s) missing" in text and "embed_audio_tokens" in text
+    assert "fixed embedded checkpoint" in text and "the fault is this stack's" in text
 
 
 def test_absent_npu_ends_the_run(pytester):

@@ -1,5 +1,7 @@
 """The catalogue's validation and the embedded model's determinism."""
 
+import json
+
 import pytest
 import torch
 
@@ -48,13 +50,33 @@ def test_context_waveform_is_deterministic():
     assert not (a == cases.speechlike_waveform(0.5, 140.0, 2)).all()
 
 
-def test_tiny_model_is_the_same_bytes_every_build(tmp_path):
-    first = models.ModelSource("tiny").load("cpu", torch.float32)
-    tiny_model.write_model_dir(tmp_path / "again")
-    from transformers import CsmForConditionalGeneration
+def test_embedded_checkpoint_is_its_recipe(tmp_path):
+    """Every committed tensor is the value its seeded recipe draws; a changed one is named."""
+    import shutil
 
-    again = CsmForConditionalGeneration.from_pretrained(tmp_path / "again")
-    assert models.state_digest(again) == first.identity.weights_digest
+    from safetensors.numpy import load_file, save_file
+
+    assert tiny_model.verify_checkpoint() == []
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model.CHECKPOINT_DIR, copy)
+    tensors = load_file(str(copy / "model.safetensors"))
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] * 1.0001
+    save_file(tensors, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    assert tiny_model.verify_checkpoint(copy) == ["lm_head.weight"]
+
+
+def test_embedded_checkpoint_has_the_published_layout():
+    """The layout a transformers 4.x conversion writes (as sesame/csm-1b's): the codebook embedding
+    stored once, as the depth decoder's; 4.x config keys, which every supported release reads."""
+    from safetensors import safe_open
+
+    stored = set(safe_open(str(tiny_model.CHECKPOINT_DIR / "model.safetensors"), "pt").keys())
+    assert "depth_decoder.model.embed_tokens.weight" in stored
+    assert "backbone_model.embed_tokens.embed_audio_tokens.weight" not in stored
+    config = json.loads((tiny_model.CHECKPOINT_DIR / "config.json").read_text())
+    assert config["tie_codebooks_embeddings"] is True and config["tie_word_embeddings"] is False
+    assert config["rope_scaling"]["rope_type"] == "llama3" and config["transformers_version"] == tiny_model.WRITTEN_WITH
+    assert models.ModelSource("tiny").load("cpu", torch.float32).identity.weights_digest == models.files_digest(tiny_model.CHECKPOINT_DIR)
 
 
 def test_seeded_weights_use_checkpoint_names_only():

@@ -70,3 +70,19 @@ def test_nan_never_passes_a_bound():
 def test_error_form_round_trips(metric):
     value = {"snr_db": 35.0}.get(metric, 0.9 if metrics.METRICS[metric][0] == "higher" else 0.01)
     assert metrics.from_error(metric, metrics.to_error(metric, value)) == pytest.approx(value)
+
+
+def test_argmax_agreement_leaves_out_near_ties_of_the_device_dtype():
+    """A top-1/top-2 margin inside bfloat16's resolution may flip legitimately; a clear one may not."""
+    ref = torch.tensor([[4.0, 4.0 + 1e-3, 0.0], [4.0, 1.0, 0.0]])  # position 0: a near tie
+    dev = torch.tensor([[4.0 + 2e-3, 4.0, 0.0], [4.0, 1.0, 0.0]])  # its top-1 flips
+    assert metrics.near_ties(ref, torch.bfloat16).tolist() == [True, False]
+    assert metrics.logits_metrics(ref, dev)["argmax_agreement"] == 0.5  # no dtype: every position counts
+    assert metrics.logits_metrics(ref, dev, torch.bfloat16)["argmax_agreement"] == 1.0
+    assert metrics.logits_metrics(ref, dev, torch.float32)["argmax_agreement"] == 0.5  # not a tie at float32
+    flipped = torch.tensor([[4.0 + 2e-3, 4.0, 0.0], [1.0, 4.0, 0.0]])  # position 1 flips a clear margin
+    assert metrics.logits_metrics(ref, flipped, torch.bfloat16)["argmax_agreement"] == 0.0
+
+
+def test_rel_error_is_normwise():
+    assert metrics.rel_error(torch.tensor([3.0, 4.0]), torch.tensor([3.0, 4.0]) * 1.01) == pytest.approx(0.01)
