@@ -35,6 +35,16 @@ class DeviceInfo:
     def fingerprint(self) -> str:
         return f"{self.type}|{self.name}|x{self.count}"
 
+    @property
+    def simulated(self) -> bool:
+        """A stand-in device (tests/simulated_npu): its numbers are the CPU's, so the suite never
+        records bounds, golden references or baselines on it."""
+        return is_simulated_name(self.name)
+
+
+def is_simulated_name(name: str) -> bool:
+    return "simulated" in (name or "").lower()
+
 
 def _import_npu_backend() -> bool:
     """Import torch_npu the documented way; False when it is not installed."""

@@ -184,6 +184,8 @@ def promote(run: dict, baselines_dir: Path, allow_regressions: bool = False) -> 
     csm = run.get("csm")
     if not isinstance(csm, dict) or not isinstance(run.get("benchmarks"), list):
         raise BaselineError("not a csm-conformance performance run (no 'csm' block): promote output/performance_benchmark.json")
+    if "simulated" in str((csm.get("device") or {}).get("fingerprint", "")).lower():
+        raise BaselineError(f"refusing to promote a run on a simulated device ({csm['device']['fingerprint']}): its timings are not the device's")
     if csm.get("planted_faults"):
         raise BaselineError(f"refusing to promote a run with planted faults: {'; '.join(csm['planted_faults'])}")
     failed = [r["case"] for r in csm.get("results", []) if r.get("status") == "failed"]

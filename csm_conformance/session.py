@@ -104,6 +104,9 @@ class ConformanceSession:
         except (devices.DeviceError, ValueError, RuntimeError) as exc:
             raise ConformanceError(str(exc)) from None
         _require_audio_backend(self.catalogue)
+        if self.device.simulated and (settings.csm_record_bounds or settings.csm_save_golden):
+            raise ConformanceError(f"refusing to record bounds or golden references on a simulated device ({self.device.name}): "
+                                   "its numbers are the CPU's, not an accelerator's")
         self.dtype_name = dtype_name(self.dtype)
         self.model_key = self.source.key
         self.bounds_file = bounds_path(settings.baselines_dir, self.model_key, self.device.type, self.dtype_name)
