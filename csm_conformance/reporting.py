@@ -52,6 +52,7 @@ def header_lines(session, xdist_devices: list[str] | None = None) -> list[str]:
         f"csm-conformance: model {session.settings.csm_model} -> {session.source.describe_spec()}",
         f"csm-conformance: device {device} | dtype {session.dtype_name} | reference cpu float32",
         f"csm-conformance: {stack}",
+        f"csm-conformance: suite from {Path(__file__).resolve().parent}, baselines {session.settings.baselines_dir}",
     ]
 
 

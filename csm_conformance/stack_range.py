@@ -177,19 +177,20 @@ def judge_row(row: Row) -> Row:
     return row
 
 
-def markdown(rows: list[Row], command: str, pytest_args: list[str]) -> str:
-    import platform as _p
+TITLE = "# The accuracy gate across the supported stack range\n"
 
+
+def markdown(rows: list[Row], command: str, pytest_args: list[str]) -> str:
+    """One section: the command that made it, how, and its table."""
     lines = [
-        "# The accuracy gate across the supported stack range",
+        f"## `{command}`",
         "",
-        f"Made {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d} with `{command}`",
-        f"on {_p.machine()} ({os.cpu_count()} cores, no accelerator; device cpu, bfloat16 against the CPU float32 reference),",
-        "on the **embedded tiny CSM** (the fixed checkpoint in `csm_conformance/assets/embedded-tiny-csm`): seeded random",
-        "weights, NOT a real-weight result. Each row: a fresh `pip install transformers==X` into the torch version's venv,",
-        f"then `pytest {' '.join(pytest_args)}` from the repository root. The reason is the run's own first failure line.",
-        "",
-        "A known-broken release must FAIL with its named check (the suite's correct verdict on that stack); every other",
+        f"Made {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d} on {platform.machine()} ({os.cpu_count()} cores, no accelerator; "
+        "device cpu, bfloat16 against the CPU float32 reference), on the **embedded tiny CSM** (the fixed checkpoint in "
+        "`csm_conformance/assets/embedded-tiny-csm`): seeded random weights, NOT a real-weight result. Each row: "
+        "`pip install transformers==X` into the torch version's venv, then "
+        f"`pytest {' '.join(pytest_args)}` from the repository root; the reason is the run's own first failure line.",
+        "A known-broken release must FAIL with its named check (the suite's correct verdict on that stack); every other "
         "release must pass. `as expected` says whether the row did.",
         "",
         "| torch | transformers | result | as expected | reason | s |",
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="the Markdown table to write")
     parser.add_argument("--eager-workload", default="", help="also time this workload in eager mode (one round), e.g. short_32t")
     parser.add_argument("--compiled", action="store_true", help="time the workload in compiled mode too")
+    parser.add_argument("--append", action="store_true", help="add this run's section to --output instead of replacing the file")
     args, pytest_extra = parser.parse_known_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     pytest_args = ["-m", "accuracy"]
@@ -217,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     pytest_args += pytest_extra
     log_path = args.workdir / "stack-range.log"
     rows: list[Row] = []
+    kept = args.output.read_text() if args.append and args.output.exists() else TITLE
+    command = "python3 -m csm_conformance.stack_range " + " ".join(sys.argv[1:] if argv is None else argv)
     with open(log_path, "a") as log:
         for torch_spec in [t.strip() for t in args.torch.split(",") if t.strip()]:
             python = ensure_venv(args.workdir, torch_spec, log)
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"torch {row.torch:8} transformers {row.transformers:8} {row.result:8} {'as expected' if row.as_expected else 'NOT AS EXPECTED'} "
                       f"{row.seconds:5.0f} s  {row.reason[:160]}", flush=True)
                 args.output.parent.mkdir(parents=True, exist_ok=True)
-                args.output.write_text(markdown(rows, "python -m csm_conformance.stack_range " + " ".join(sys.argv[1:] if argv is None else argv), pytest_args))
+                args.output.write_text(kept + "\n" + markdown(rows, command, pytest_args))
     unexpected = [r for r in rows if not r.as_expected]
     print(f"wrote {args.output} ({len(rows)} rows, {len(unexpected)} not as expected; log {log_path})")
     return 0 if not unexpected else 1

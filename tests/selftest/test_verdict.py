@@ -180,3 +180,22 @@ def test_real_runs_a_clean_stack_against_a_faulty_one(pytester, tmp_path, capsys
     assert "short_en" in report["headline"]
     assert any("candidate run has a planted fault" in n for n in report["notes"])
     assert "no performance report" in " ".join(report["notes"])
+
+
+def test_a_checkpoint_loaded_differently_is_regressed_naming_the_tensors(tmp_path, before, capsys):
+    """transformers 5.0-5.20 on the embedded checkpoint: the load integrity check fails only on the
+    candidate, and the verdict names the tensor that was left at random values."""
+    tensor = "backbone_model.embed_tokens.embed_audio_tokens.weight"
+    before_doc = accuracy_doc("4.57.6")
+    before_doc["results"].append({"case": "model", "check": "load_integrity", "status": "passed", "messages": [],
+                                  "metrics": {"missing_tensors@reference": {"value": 0.0, "bound": 0.0, "rule": "invariant", "ok": True, "op": "=="}}})
+    before = write_side(tmp_path / "b", before_doc, perf_doc("4.57.6"), dict.fromkeys(TESTS + ["test_load_integrity"], "passed"))
+    after_doc = accuracy_doc("5.3.0")
+    after_doc["results"].append({"case": "model", "check": "load_integrity", "status": "failed",
+                                 "messages": [f"reference and device load: 1 tensor(s) missing from what was loaded, so initialised at random: {tensor}"],
+                                 "metrics": {"missing_tensors@reference": {"value": 1.0, "bound": 0.0, "rule": "invariant", "ok": False, "op": "=="}}})
+    code, report, markdown = judge(tmp_path, before, capsys, accuracy=after_doc,
+                                   outcomes={**dict.fromkeys(TESTS, "passed"), "test_load_integrity": "failed"})
+    assert (code, report["verdict"]) == (1, "REGRESSED")
+    headline = markdown.splitlines()[0]
+    assert "model/load_integrity" in headline and tensor in headline, headline
