@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .bounds import bound_from_measurement, bounds_path
+from .bounds import bound_from_measurement
 from .metrics import known, to_error
 
 

@@ -109,17 +109,6 @@ def _from_pretrained_kwargs(dtype: torch.dtype) -> dict:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
-def state_digest(model: torch.nn.Module) -> str:
-    """A hash of the weight values by canonical name: equal across transformers versions."""
-    h = hashlib.sha256()
-    state = model.state_dict()
-    for name in sorted(state, key=tiny_model.canonical_name):
-        tensor = state[name]
-        h.update(tiny_model.canonical_name(name).encode())
-        h.update(tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype).contiguous().numpy().tobytes())
-    return "sha256:" + h.hexdigest()[:16]
-
-
 def files_digest(directory: Path) -> str:
     """The weights' identity: a hash of the weight files as stored, the same on every stack that
     reads them (so bounds and golden references apply to every stack, and a stack that loads the

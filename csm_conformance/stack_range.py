@@ -158,8 +158,9 @@ def run_release(python: Path, torch_spec: str, tf: str, workdir: Path, pytest_ar
     log.write(proc.stdout + proc.stderr)
     summary = next((ln.strip("= ") for ln in reversed(proc.stdout.splitlines()) if re.search(r"\b(passed|failed|error)", ln)), "")
     if proc.returncode == 0:
-        skipped = re.search(r"(\d+) skipped", summary)
-        return Row(torch_spec, tf, "passed", summary + (" (skips: see the log)" if skipped else ""), time.perf_counter() - start)
+        skips = sorted({re.sub(r"^SKIPPED \[\d+\] [^ ]+: ", "", ln) for ln in proc.stdout.splitlines() if ln.startswith("SKIPPED")})
+        reason = summary + "".join(f"; skipped: {skip}" for skip in skips)
+        return Row(torch_spec, tf, "passed", reason.replace("|", "\\|"), time.perf_counter() - start)
     result = "FAILED" if proc.returncode == 1 else "ERROR"
     reason = first_failure(out, proc.stdout + proc.stderr).replace("|", "\\|")
     return Row(torch_spec, tf, result, f"{summary}: {reason}" if summary else reason, time.perf_counter() - start)

@@ -227,8 +227,9 @@ def build_tokenizer():
 
 
 def write_model_dir(target: Path) -> Path:
-    """Write the tiny checkpoint into `target` (a fresh directory) and return it."""
-    import torch
+    """Write the tiny checkpoint into `target` (a fresh directory) and return it. Run under
+    transformers WRITTEN_WITH to reproduce the committed files: other releases' save_pretrained
+    write other layouts (5.0-5.20: 178 tensors), which is why the files are committed."""
     from transformers import (
         CsmForConditionalGeneration,
         CsmProcessor,

@@ -18,7 +18,7 @@ import torch
 __version__ = f"{torch.__version__.split('+')[0]}.simulated"
 SIMULATED = True  # real torch_npu has no such attribute: code can test for the stand-in
 
-from . import npu  # noqa: E402  (renames PrivateUse1 to "npu" and registers torch.npu)
+from . import npu  # noqa: E402,F401  (renames PrivateUse1 to "npu" and registers torch.npu)
 from . import _tensor  # noqa: E402,F401  (the tensor type and its factory kernels)
 from ._tensor import NpuTensor  # noqa: E402,F401
 
