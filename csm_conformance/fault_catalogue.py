@@ -406,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m csm_conformance.fault_catalogue", description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="output/fault_catalogue", help="where the table (Markdown and JSON) and each run's logs go (default: %(default)s)")
     parser.add_argument("--only", nargs="+", metavar="ID", help=f"run only these entries: {', '.join(e.id for e in CATALOGUE)}")
-    parser.add_argument("--clean-reruns", type=int, default=0, metavar="N", help="also run the full gate (plain `pytest`) N times clean, and each A/B set-up N times clean, and count false alarms")
+    parser.add_argument("--clean-reruns", type=int, default=0, metavar="N",
+                        help="also run the full gate (plain `pytest`) N times clean, and each A/B set-up N times clean, and count false alarms")
     parser.add_argument("--sweep", action="store_true", help="find the smallest weight perturbation and per-frame slowdown the gate catches")
     parser.add_argument("--rounds", type=int, default=AB_ROUNDS, help="timed rounds of the A/B performance runs (default: %(default)s)")
     parser.add_argument("--pytest-args", default="", help="extra arguments for every suite run, given with '=', e.g. --pytest-args=\"--csm-device cuda:0\"")

@@ -365,4 +365,6 @@ def apply_fault(model: torch.nn.Module, spec: str) -> str:
         action = _raise_at if kind == "raise" else _hang_at
         _at_frame(model, int(frame), lambda: action(int(frame)))
         return f"generation {'raises' if kind == 'raise' else 'hangs'} at frame {int(frame)} (backbone forward hook)"
-    raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame> or xversion:<rmsnorm|mimi>[:<relative>]")
+    raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, "
+                     "sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame> "
+                     "or xversion:<rmsnorm|mimi>[:<relative>]")

@@ -234,7 +234,8 @@ class ModelSource:
             model = copy.deepcopy(reference.model).to(device=device, dtype=dtype)
             return LoadedModel(model, processor, device, dtype, reference.identity, 0.0, ["device copy of the CPU reference"])
         model = build_random_full(RANDOM_FULL_SEED).to(device=device, dtype=dtype)
-        identity = ModelIdentity(self.key, self.kind, f"CsmConfig() defaults + csm-1b RoPE scaling, torch seed {RANDOM_FULL_SEED}", None, f"seed:{RANDOM_FULL_SEED}")
+        how = f"CsmConfig() defaults + csm-1b RoPE scaling, torch seed {RANDOM_FULL_SEED}"
+        identity = ModelIdentity(self.key, self.kind, how, None, f"seed:{RANDOM_FULL_SEED}")
         return LoadedModel(model, processor, device, dtype, identity, 0.0, ["tokenizer and chat template: the embedded tiny model's"])
 
 

@@ -7,7 +7,7 @@ with environment variables alone and a developer can still override any of them 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,20 +42,25 @@ OPTIONS = [
     Option("--csm-min-cosine", "CSM_MIN_COSINE", 0.9999, "logits cosine every case must exceed, whatever its bounds", "float"),
     Option("--csm-golden-min-cosine", "CSM_GOLDEN_MIN_COSINE", 0.99999, "cosine of today's CPU reference against the golden one", "float"),
     Option("--csm-golden-max-rel-error", "CSM_GOLDEN_MAX_REL_ERROR", 1e-4, "relative error of today's CPU reference against the golden one", "float"),
-    Option("--csm-fault", "CSM_FAULT", [], "plant a fault in the device model (self-tests): weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame>", "list"),
+    Option("--csm-fault", "CSM_FAULT", [], "plant a fault in the device model (self-tests): weight:<param>[:<scale>], rope, "
+           "nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, "
+           "raise:<frame>, hang:<frame>, xversion:<rmsnorm|mimi>[:<relative>]", "list"),
     Option("--csm-localize", "CSM_LOCALIZE", False, "localize the first diverging module for every prompt case, not only for failing ones", "bool"),
     Option("--csm-dump", "CSM_DUMP", "", "save per-module output dumps (device and reference) to this directory, for offline comparison between stacks"),
     # performance gate
     Option("--csm-workloads", "CSM_WORKLOADS", "", "performance workload catalogue YAML (default: csm_conformance/data/performance_workloads.yaml)"),
     Option("--csm-workload", "CSM_WORKLOAD", [], "time only these workload ids (repeatable, or comma-separated)", "list"),
     Option("--csm-perf-modes", "CSM_PERF_MODES", ["eager", "compiled"], "timing modes: eager and/or compiled (static cache + torch.compile)", "list"),
-    Option("--csm-perf-rounds", "CSM_PERF_ROUNDS", 5, "timed rounds per workload (the median is gated)", "int"),
+    Option("--csm-perf-rounds", "CSM_PERF_ROUNDS", 3, "timed rounds per workload (the median is gated)", "int"),
     Option("--csm-perf-warmup", "CSM_PERF_WARMUP", 1, "untimed warm-up rounds per workload (compiled mode compiles here)", "int"),
     Option("--csm-perf-load-rounds", "CSM_PERF_LOAD_ROUNDS", 3, "timed model loads for the load-time figure", "int"),
-    Option("--csm-perf-tolerance", "CSM_PERF_TOLERANCE", ["time=0.05", "memory=0.03", "load=0.25"], "tolerated worsening per figure class, [<device type>.]<time|memory|load>=<fraction or %> (repeatable)", "list"),
-    Option("--csm-perf-confirm", "CSM_PERF_CONFIRM", 1, "a regressed workload is timed again this many times; a figure fails only if every measurement regressed (0: the first decides)", "int"),
+    Option("--csm-perf-tolerance", "CSM_PERF_TOLERANCE", ["time=0.05", "memory=0.03", "load=0.25"],
+           "tolerated worsening per figure class, [<device type>.]<time|memory|load>=<fraction or %> (repeatable)", "list"),
+    Option("--csm-perf-confirm", "CSM_PERF_CONFIRM", 1,
+           "a regressed workload is timed again this many times; a figure fails only if every measurement regressed (0: the first decides)", "int"),
     Option("--csm-perf-noise-factor", "CSM_PERF_NOISE_FACTOR", 3.0, "a tolerance is widened to this many coefficients of variation of its figure", "float"),
-    Option("--csm-memory-bandwidth", "CSM_MEMORY_BANDWIDTH", 0.0, "device memory bandwidth in GB/s for the bandwidth floor (default: from a table of known devices)", "float"),
+    Option("--csm-memory-bandwidth", "CSM_MEMORY_BANDWIDTH", 0.0,
+           "device memory bandwidth in GB/s for the bandwidth floor (default: from a table of known devices)", "float"),
 ]
 
 
@@ -100,37 +105,10 @@ def resolve_option(option: Option, cli_value, environ: dict, ini_value) -> objec
     return option.default
 
 
-@dataclass
-class Settings:
-    csm_model: str = "tiny"
-    csm_device: str = "auto"
-    csm_dtype: str = "bfloat16"
-    csm_require_device: bool = False
-    csm_strict: bool = False
-    csm_cases: str = ""
-    csm_case: list = field(default_factory=list)
-    csm_baselines: str = ""
-    csm_output: str = "output"
-    csm_record_bounds: bool = False
-    csm_bound_margin: float = 0.5
-    csm_save_golden: bool = False
-    csm_min_cosine: float = 0.9999
-    csm_golden_min_cosine: float = 0.99999
-    csm_golden_max_rel_error: float = 1e-4
-    csm_fault: list = field(default_factory=list)
-    csm_localize: bool = False
-    csm_dump: str = ""
-    csm_workloads: str = ""
-    csm_workload: list = field(default_factory=list)
-    csm_perf_modes: list = field(default_factory=lambda: ["eager", "compiled"])
-    csm_perf_rounds: int = 5
-    csm_perf_warmup: int = 1
-    csm_perf_load_rounds: int = 3
-    csm_perf_tolerance: list = field(default_factory=lambda: ["time=0.05", "memory=0.03", "load=0.25"])
-    csm_perf_confirm: int = 1
-    csm_perf_noise_factor: float = 3.0
-    csm_memory_bandwidth: float = 0.0
+_TYPES = {"str": str, "bool": bool, "float": float, "int": int, "list": list}
 
+
+class _SettingsPaths:
     @property
     def baselines_dir(self) -> Path:
         return Path(self.csm_baselines) if self.csm_baselines else ROOT / "baselines"
@@ -138,6 +116,17 @@ class Settings:
     @property
     def output_dir(self) -> Path:
         return Path(self.csm_output)
+
+
+# One field per option, its default the option's: the table above is the only place a default lives.
+Settings = make_dataclass(
+    "Settings",
+    [(opt.dest, _TYPES[opt.kind], field(default_factory=lambda d=opt.default: list(d)) if opt.kind == "list" else field(default=opt.default))
+     for opt in OPTIONS],
+    bases=(_SettingsPaths,),
+)
+Settings.__module__ = __name__
+Settings.__doc__ = "The resolved value of every option (see OPTIONS), as the plugin and the tools read them."
 
 
 def settings_from(cli: dict, environ: dict | None = None, ini: dict | None = None) -> Settings:

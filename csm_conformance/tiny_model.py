@@ -301,7 +301,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regenerate-tokenizer", action="store_true", help="retrain assets/tokenizer.json")
-    parser.add_argument("--write", type=Path, help=f"write the tiny checkpoint into this directory (run under transformers {WRITTEN_WITH} to reproduce the committed one)")
+    parser.add_argument("--write", type=Path,
+                        help=f"write the tiny checkpoint into this directory (run under transformers {WRITTEN_WITH} to reproduce the committed one)")
     args = parser.parse_args()
     if args.regenerate_tokenizer:
         tok = build_tokenizer()

@@ -293,7 +293,8 @@ def to_markdown(v: Verdict) -> str:
     for pkg in dict.fromkeys([*b.versions, *a.versions]):
         old, new = b.versions.get(pkg, "-"), a.versions.get(pkg, "-")
         lines.append(f"| {pkg} | {old} | {new}{' (changed)' if old != new else ''} |")
-    lines += ["", "## Why", ""] + [f"- {r}" for r in (v.reasons or ["every test that passed before passes after, and no gated figure got worse beyond its tolerance"])]
+    why = v.reasons or ["every test that passed before passes after, and no gated figure got worse beyond its tolerance"]
+    lines += ["", "## Why", ""] + [f"- {r}" for r in why]
     lines += [f"- {n}" for n in v.notes]
     if v.accuracy:
         lines += ["", "## Accuracy (device vs CPU float32, per case and check)", "",

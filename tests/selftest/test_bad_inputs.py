@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_gate import ROOT, one_line_error, run_suite
 
 from csm_conformance import cases, devices, models, tiny_model
 from csm_conformance.bounds import BaselineError, BoundsBook
 from csm_conformance.options import settings_from
 from csm_conformance.perf_baselines import BaselineFile
 from csm_conformance.session import ConformanceSession, NonFiniteOutputError
-from test_gate import ROOT, one_line_error, run_suite
 
 pytestmark = pytest.mark.selftest
 

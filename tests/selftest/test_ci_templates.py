@@ -12,7 +12,6 @@ import subprocess
 
 import pytest
 import yaml
-
 from test_gate import ROOT
 
 pytestmark = pytest.mark.selftest
@@ -139,7 +138,8 @@ MUTATIONS = {
     "upload-artifact v3": lambda steps: [{**s, "uses": s["uses"].replace("@v4", "@v3")} if "upload-artifact" in str(s.get("uses")) else s for s in steps],
     "REGRESSED reads green": lambda steps: [{**s, "run": "echo verdict: $VERDICT_RC"} if "VERDICT_RC" in json.dumps(s.get("env", {})) else s for s in steps],
     "candidate env not run": lambda steps: [s for s in steps if "tox -e candidate" not in s.get("run", "")],
-    "verdict.md not in the summary": lambda steps: [{**s, "run": s["run"].replace("GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT")} if "tox -e verdict" in s.get("run", "") else s for s in steps],
+    "verdict.md not in the summary": lambda steps: [{**s, "run": s["run"].replace("GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT")}
+                                                    if "tox -e verdict" in s.get("run", "") else s for s in steps],
 }
 
 

@@ -26,12 +26,12 @@ import sys
 
 import pytest
 import torch
+from test_gate import ROOT, run_suite
 
 from csm_conformance import localize
 from csm_conformance.faults import FaultError, apply_fault
 from csm_conformance.options import Settings
 from csm_conformance.session import ConformanceSession
-from test_gate import ROOT, run_suite
 
 pytestmark = pytest.mark.selftest
 

@@ -13,9 +13,9 @@ import types
 
 import pytest
 import torch
+from test_gate import one_line_error, run_suite
 
 from csm_conformance import devices, reporting
-from test_gate import one_line_error, run_suite
 
 pytestmark = pytest.mark.selftest
 

@@ -80,3 +80,34 @@ def test_model_key_names_baselines_and_reports_alike(tmp_path):
     assert models.ModelSource("sesame/csm-1b").key == "sesame--csm-1b"
     assert models.ModelSource("tiny").key == "embedded-tiny-csm"
     assert models.ModelSource("random-full").key == "random-full-csm-1b"
+
+
+# pytest.ini values that deliberately differ from the option's default, and why.
+INI_OVERRIDES = {"csm_perf_tolerance": "adds the CPU tolerances for shared CI machines"}
+
+
+def test_one_default_per_option_and_ini_and_readme_agree():
+    """The option table is the only source of a default: Settings is derived from it, pytest.ini
+    may only restate a default (or override it on purpose, listed above), and the README's options
+    table names every option."""
+    import configparser
+    from dataclasses import fields
+    from pathlib import Path
+
+    from csm_conformance.options import OPTIONS, Settings, _convert
+
+    root = Path(__file__).resolve().parents[2]
+    assert [f.name for f in fields(Settings)] == [o.dest for o in OPTIONS]
+    assert all(getattr(Settings(), o.dest) == o.default for o in OPTIONS)
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(root / "pytest.ini")
+    by_dest = {o.dest: o for o in OPTIONS}
+    for key, raw in ini["pytest"].items():
+        if not key.startswith("csm_"):
+            continue
+        assert key in by_dest, f"pytest.ini sets {key}, which is no option"
+        if key not in INI_OVERRIDES:
+            assert _convert(by_dest[key], raw, key) == by_dest[key].default, f"pytest.ini {key} = {raw} drifted from its default"
+    readme = (root / "README.md").read_text()
+    for opt in OPTIONS:
+        assert f"`{opt.flag}`" in readme, f"README lacks {opt.flag}"

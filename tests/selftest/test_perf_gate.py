@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_gate import ROOT, one_line_error, run_suite
 
 pytestmark = pytest.mark.selftest

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_gate import run_suite
 
 pytestmark = pytest.mark.selftest

@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from test_gate import run_suite
 
 from csm_conformance import verdict
-
-from test_gate import run_suite
 
 pytestmark = pytest.mark.selftest
 
