@@ -226,6 +226,18 @@ def build_tokenizer():
     return tokenizer
 
 
+# Written out even where they equal a release's default: a default can change between releases
+# (top_k is 50 in 4.x and None in 5.x), and the published checkpoint states them too.
+SAMPLING = {"do_sample": True, "top_k": 50, "temperature": 0.9,
+            "depth_decoder_do_sample": True, "depth_decoder_top_k": 50, "depth_decoder_temperature": 0.9}
+
+
+def pin_sampling(path: Path) -> None:
+    config = json.loads(path.read_text())
+    config.update(SAMPLING)
+    path.write_text(json.dumps(dict(sorted(config.items())), indent=2) + "\n")
+
+
 def write_model_dir(target: Path) -> Path:
     """Write the tiny checkpoint into `target` (a fresh directory) and return it. Run under
     transformers WRITTEN_WITH to reproduce the committed files: other releases' save_pretrained
@@ -252,6 +264,7 @@ def write_model_dir(target: Path) -> Path:
     model.depth_decoder.generation_config.top_k = 50
     model.depth_decoder.generation_config.temperature = 0.9
     model.save_pretrained(target)
+    pin_sampling(target / "generation_config.json")
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(TOKENIZER_FILE),

@@ -77,6 +77,8 @@ def test_embedded_checkpoint_has_the_published_layout():
     assert config["tie_codebooks_embeddings"] is True and config["tie_word_embeddings"] is False
     assert config["rope_scaling"]["rope_type"] == "llama3" and config["transformers_version"] == tiny_model.WRITTEN_WITH
     assert models.ModelSource("tiny").load("cpu", torch.float32).identity.weights_digest == models.files_digest(tiny_model.CHECKPOINT_DIR)
+    generation = json.loads((tiny_model.CHECKPOINT_DIR / "generation_config.json").read_text())
+    assert {k: generation.get(k) for k in tiny_model.SAMPLING} == tiny_model.SAMPLING  # stated, not left to a release's default
 
 
 def test_seeded_weights_use_checkpoint_names_only():
