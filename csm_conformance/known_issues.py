@@ -8,8 +8,17 @@ actually raised, never by version numbers alone, so a stack where the mode works
 
 from __future__ import annotations
 
+import re
 import traceback
 from dataclasses import dataclass
+
+# transformers before 4.56 reads context audio through librosa even when it is given as an array.
+LIBROSA_BEFORE = (4, 56)
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a release string such as '2.6.0+cu124' or '5.24.0'."""
+    return tuple(int(p) for p in re.findall(r"\d+", text.split("+")[0])[:3])
 
 
 @dataclass(frozen=True)

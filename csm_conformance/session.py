@@ -85,7 +85,7 @@ def _require_audio_backend(catalogue: Catalogue) -> None:
 
     import transformers
 
-    from .stack_range import LIBROSA_BEFORE, parse_version
+    from .known_issues import LIBROSA_BEFORE, parse_version
 
     has_context = any(case.context for case in catalogue.prompts)
     if has_context and parse_version(transformers.__version__)[:2] < LIBROSA_BEFORE and importlib.util.find_spec("librosa") is None:

@@ -29,14 +29,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .known_issues import LIBROSA_BEFORE, parse_version
+
 REPO = Path(__file__).resolve().parent.parent
 FLOOR = (4, 52)  # the first transformers minor with CSM (4.52.0 was yanked: 4.52.1 is the first usable)
-LIBROSA_BEFORE = (4, 56)
 DEFAULT_TORCH = "2.13.0"
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", text.split("+")[0])[:3])
 
 
 def newest_per_minor(versions: list[str], floor: tuple[int, int] = FLOOR) -> list[str]:
