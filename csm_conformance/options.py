@@ -50,7 +50,7 @@ OPTIONS = [
     # performance gate
     Option("--csm-workloads", "CSM_WORKLOADS", "", "performance workload catalogue YAML (default: csm_conformance/data/performance_workloads.yaml)"),
     Option("--csm-workload", "CSM_WORKLOAD", [], "time only these workload ids (repeatable, or comma-separated)", "list"),
-    Option("--csm-perf-modes", "CSM_PERF_MODES", ["eager", "compiled"], "timing modes: eager and/or compiled (static cache + torch.compile)", "list"),
+    Option("--csm-perf-modes", "CSM_PERF_MODES", [], "timing modes: eager and/or compiled (static cache + torch.compile); default: the tier's", "list"),
     Option("--csm-perf-rounds", "CSM_PERF_ROUNDS", 3, "timed rounds per workload (the median is gated)", "int"),
     Option("--csm-perf-warmup", "CSM_PERF_WARMUP", 1, "untimed warm-up rounds per workload (compiled mode compiles here)", "int"),
     Option("--csm-perf-load-rounds", "CSM_PERF_LOAD_ROUNDS", 3, "timed model loads for the load-time figure", "int"),
@@ -59,6 +59,10 @@ OPTIONS = [
     Option("--csm-perf-confirm", "CSM_PERF_CONFIRM", 1,
            "a regressed workload is timed again this many times; a figure fails only if every measurement regressed (0: the first decides)", "int"),
     Option("--csm-perf-noise-factor", "CSM_PERF_NOISE_FACTOR", 3.0, "a tolerance is widened to this many coefficients of variation of its figure", "float"),
+    Option("--csm-perf-noise-cap", "CSM_PERF_NOISE_CAP", 0.5,
+           "the most noise may widen a tolerance to (a fraction; a configured tolerance above it applies as set)", "float"),
+    Option("--csm-perf-tier", "CSM_PERF_TIER", "quick",
+           "workloads and modes timed when --csm-workload / --csm-perf-modes are not given: quick (plain pytest) or full (nightly)"),
     Option("--csm-memory-bandwidth", "CSM_MEMORY_BANDWIDTH", 0.0,
            "device memory bandwidth in GB/s for the bandwidth floor (default: from a table of known devices)", "float"),
 ]
@@ -154,6 +158,8 @@ def settings_from(cli: dict, environ: dict | None = None, ini: dict | None = Non
         parse_tolerances(settings.csm_perf_tolerance)
     except ValueError as exc:
         raise OptionError(str(exc)) from None
+    if not 0 <= settings.csm_perf_noise_cap < 100:
+        raise OptionError(f"--csm-perf-noise-cap must be a fraction >= 0, got {settings.csm_perf_noise_cap}")
     if settings.csm_perf_noise_factor < 0 or settings.csm_memory_bandwidth < 0:
         raise OptionError("--csm-perf-noise-factor and --csm-memory-bandwidth must be >= 0")
     return settings

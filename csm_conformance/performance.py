@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from . import bandwidth, devices, timing
 from .bounds import BaselineError
 from .perf_baselines import GATED, BaselineFile, Comparison, baseline_path, compare_figures, comparison_table, parse_tolerances
-from .workloads import PerfCase, Workload, load_workloads, perf_cases
+from .workloads import PerfCase, Workload, load_workloads, perf_cases, tier_selection
 
 SEED = 0
 MIB = 2**20
@@ -111,7 +111,8 @@ class PerformanceRun:
         settings = session.settings
         self.settings = settings
         self.workloads: list[Workload] = load_workloads(settings.csm_workloads or None)
-        self.cases: list[PerfCase] = perf_cases(self.workloads, settings.csm_perf_modes, settings.csm_workload)
+        ids, modes, batches = tier_selection(settings.csm_workloads or None, settings.csm_perf_tier, settings.csm_workload, settings.csm_perf_modes)
+        self.cases: list[PerfCase] = perf_cases(self.workloads, modes, ids, batches)
         self.tolerances = parse_tolerances(settings.csm_perf_tolerance)
         self.results: list[PerfResult] = []
         self.benchmarks: list[dict] = []
@@ -155,7 +156,7 @@ class PerformanceRun:
             result.messages.append(f"note: the harness call depth changed ({old_depth} -> {info['harness_stack_depth']} frames); "
                                    "CPython's frame-chunk boundary can shift Python-bound timings (see README)")
         result.comparisons = compare_figures(entry["extra_info"]["figures"], figures, self.tolerances,
-                                             self.session.device.type, self.settings.csm_perf_noise_factor)
+                                             self.session.device.type, self.settings.csm_perf_noise_factor, self.settings.csm_perf_noise_cap)
         regressed = [c for c in result.comparisons if c.verdict == "regressed"]
         improved = [c for c in result.comparisons if c.verdict == "improved"]
         if regressed:
@@ -307,9 +308,11 @@ class PerformanceRun:
                 "rounds": self.settings.csm_perf_rounds,
                 "warmup_rounds": self.settings.csm_perf_warmup,
                 "load_rounds": self.settings.csm_perf_load_rounds,
-                "modes": self.settings.csm_perf_modes,
+                "modes": sorted({c.mode for c in self.cases}),
                 "tolerances": self.tolerances,
                 "noise_factor": self.settings.csm_perf_noise_factor,
+                "noise_cap": self.settings.csm_perf_noise_cap,
+                "tier": self.settings.csm_perf_tier,
                 "strict": self.settings.csm_strict,
                 "baselines": {m: str(self.baseline_file(m)) for m in sorted({c.mode for c in self.cases} | {"load"})},
             },

@@ -13,11 +13,14 @@ run_status.json. This module reads the two directories and decides:
   that fails on both stacks (a test the current stack fails and the candidate passes is a note);
 - SAFE otherwise.
 
-Timing both stacks in one job on one machine is what makes the performance comparison fair: the
-stored per-machine baselines judge each run on its own, the verdict judges the candidate against
-the current stack measured minutes earlier.
+Performance comes from the paired A/B comparison when one is given (`--ab DIR`, the output of
+`python -m csm_conformance.ab` run on the two stacks' interpreters, as `tox -e verdict` does): per
+case and figure, the ratio candidate / current with its interval, REGRESSED or SAFE or
+INCONCLUSIVE as the A/B decided. Without it, the gate runs' own figures are compared as before
+(candidate against the current stack timed minutes earlier, tolerances widened by noise), which
+a busy machine can fool either way; the report says which method judged.
 
-Usage: python -m csm_conformance.verdict --before DIR --after DIR [--output DIR]
+Usage: python -m csm_conformance.verdict --before DIR --after DIR [--ab DIR] [--output DIR]
 Exit codes: 0 SAFE, 1 REGRESSED, 3 INCONCLUSIVE, 2 bad input (one line on stderr).
 """
 
@@ -164,6 +167,8 @@ class Verdict:
     accuracy: list[AccuracyRow]
     performance: list[PerfRow]
     notes: list[str] = field(default_factory=list)
+    ab: dict | None = None  # the A/B comparison's ab.json, when performance was judged by it
+    performance_method: str = "gate runs"  # or "ab" (the A/B comparison was asked for)
 
     @property
     def headline(self) -> str:
@@ -184,17 +189,71 @@ def _perf_rows(before: Side, after: Side) -> list[PerfRow]:
     settings = ((after.performance or before.performance or {}).get("csm") or {}).get("settings") or {}
     tolerances = {k: tuple(v) for k, v in (settings.get("tolerances") or {}).items()}
     noise_factor = float(settings.get("noise_factor", 3.0))
+    noise_cap = float(settings.get("noise_cap", 1e9))  # runs from before the cap: uncapped, as they were judged
     device_type = ((after.meta.get("device") or {}).get("type")) or "cpu"
     rows = []
     for case in dict.fromkeys([*b, *a]):
         row = PerfRow(case, b.get(case), a.get(case))
         if row.before and row.after:
-            row.comparisons = compare_figures(row.before.get("figures") or {}, row.after.get("figures") or {}, tolerances, device_type, noise_factor)
+            row.comparisons = compare_figures(row.before.get("figures") or {}, row.after.get("figures") or {}, tolerances, device_type, noise_factor, noise_cap)
         rows.append(row)
     return rows
 
 
-def decide(before: Side, after: Side) -> Verdict:
+AB_KEYS = {"document": ("verdict", "reasons", "cases", "before", "after", "model", "device", "dtype", "kind", "budget"),
+           "case": ("case", "decision", "pairs", "stop_reason", "figures"),
+           "figure": ("figure", "decision", "tolerance")}
+
+
+def read_ab(path: Path) -> dict | None:
+    """ab.json from an A/B output directory (or the file itself); None when the comparison wrote
+    none (it stopped on bad input: the verdict then lacks performance evidence, INCONCLUSIVE)."""
+    path = Path(path)
+    path = path / "ab.json" if path.is_dir() or not path.suffix else path
+    document = _read_json(path)
+    if document is None:
+        return None
+    missing = [k for k in AB_KEYS["document"] if k not in document]
+    missing += [f"cases[{i}].{k}" for i, c in enumerate(document.get("cases") or []) for k in AB_KEYS["case"] if k not in c]
+    missing += [f"cases[{i}].figures[{j}].{k}" for i, c in enumerate(document.get("cases") or []) for j, f in enumerate(c.get("figures") or [])
+                for k in AB_KEYS["figure"] if k not in f]
+    if missing or document.get("verdict") not in ("SAFE", "REGRESSED", "INCONCLUSIVE"):
+        raise VerdictError(f"{path} is not a complete A/B report (missing: {', '.join(missing[:4]) or 'a verdict'})")
+    document["_path"] = str(path)
+    return document
+
+
+def _ab_findings(ab: dict, before: Side, after: Side) -> tuple[list[str], list[str], list[str]]:
+    """(regressed, missing, notes) from the A/B comparison, which must have run the two stacks the
+    gate runs describe."""
+    regressed, missing, notes = [], [], []
+    meta = after.meta or before.meta
+    ours = ((meta.get("model") or {}).get("key"), (meta.get("device") or {}).get("type"), meta.get("dtype"))
+    theirs = ((ab.get("model") or {}).get("key"), (ab.get("device") or {}).get("type"), ab.get("dtype"))
+    if all(ours) and ours != theirs:
+        missing.append(f"the A/B comparison ran {'/'.join(map(str, theirs))}, the gate runs {'/'.join(map(str, ours))}")
+    for label, side, key in (("before", before, "before"), ("after", after, "after")):
+        ran, gated = (ab.get(key) or {}).get("versions") or {}, side.versions
+        differ = [f"{pkg} {ran.get(pkg)} vs {gated.get(pkg)}" for pkg in ("torch", "transformers", "torch_npu")
+                  if pkg in gated and ran.get(pkg) != gated.get(pkg)]
+        if differ:
+            missing.append(f"the A/B comparison's {label} side is not the {side.label} stack: {', '.join(differ)}")
+        faults = (ab.get(key) or {}).get("fault_notes") or []
+        if faults:
+            missing.append(f"the A/B comparison planted a fault on its {label} side: {'; '.join(faults)}")
+    if ab["verdict"] == "REGRESSED":
+        # a comparison of other stacks, another model or with a planted fault cannot condemn the candidate
+        (missing if missing else regressed).extend(f"performance (A/B) {r}" for r in ab.get("reasons", []))
+    elif ab["verdict"] == "INCONCLUSIVE":
+        missing += [f"performance (A/B) undecided: {r}" for r in ab.get("reasons", [])]
+    notes.append(f"performance judged by the paired A/B comparison ({ab.get('kind', '?')}; {ab.get('budget', '?')}): {ab['verdict']}")
+    return regressed, missing, notes
+
+
+NO_AB = {"missing": True}  # --ab was given and the comparison wrote no report
+
+
+def decide(before: Side, after: Side, ab: dict | None = None) -> Verdict:
     regressed, missing, notes = [], [], []
     for side in (before, after):
         if side.accuracy is None and side.performance is None and side.tests is None and side.status is None:
@@ -242,8 +301,17 @@ def decide(before: Side, after: Side) -> Verdict:
             if row.after is None:
                 missing.append(f"accuracy {row.case}/{row.check} not run on {after.label}")
 
-    performance = _perf_rows(before, after)
-    if before.performance is None or after.performance is None:
+    performance = [] if ab is not None else _perf_rows(before, after)
+    method = "gate runs" if ab is None else "ab"
+    if ab is NO_AB:
+        missing.append("no A/B report: the performance comparison stopped before writing one (see output/verdict/ab/ and its workers' logs)")
+        ab = None
+    elif ab is not None:
+        found = _ab_findings(ab, before, after)
+        regressed += found[0]
+        missing += found[1]
+        notes += found[2]
+    elif before.performance is None or after.performance is None:
         missing += [f"no performance report ({PERFORMANCE_FILE}) for {s.label}" for s in (before, after) if s.performance is None]
     else:
         for row in performance:
@@ -262,7 +330,7 @@ def decide(before: Side, after: Side) -> Verdict:
     reasons = regressed if regressed else missing
     if regressed and missing:
         notes += [f"also: {m}" for m in missing]
-    return Verdict(status, reasons, before, after, accuracy, performance, notes)
+    return Verdict(status, reasons, before, after, accuracy, performance, notes, ab, method)
 
 
 def _fmt(value) -> str:
@@ -303,6 +371,11 @@ def to_markdown(v: Verdict) -> str:
         for row in v.accuracy:
             metric, old, new, bound = _metric_cell(row, row.closest_metric())
             lines.append(f"| {row.case} | {row.check} | {row.status(row.before)} | {row.status(row.after)} | {metric} | {old} | {new} | {bound} |")
+    if v.ab is not None:
+        from .ab.report import to_markdown as ab_markdown
+
+        body = ab_markdown(v.ab).split("\n", 1)[1]  # its own headline is in Why
+        lines += ["", f"## Performance: paired A/B comparison, {v.ab['verdict']}", "", body.replace("\n## ", "\n### ")]
     if v.performance:
         lines += ["", "## Performance (candidate against the current stack, same machine)", "",
                   "Tolerance: the run's configured tolerance for the figure's class, widened to noise_factor x the larger CV.", ""]
@@ -331,6 +404,8 @@ def to_json(v: Verdict) -> dict:
         "device": v.after.meta.get("device") or v.before.meta.get("device"),
         "dtype": v.after.meta.get("dtype") or v.before.meta.get("dtype"),
         "accuracy": [{"case": r.case, "check": r.check, "before": r.before, "after": r.after} for r in v.accuracy],
+        "performance_method": v.performance_method,
+        "ab": v.ab,
         "performance": [{"case": r.case, "verdict": r.verdict, "before": (r.before or {}).get("figures"),
                          "after": (r.after or {}).get("figures"), "comparisons": [c.as_dict() for c in r.comparisons]} for r in v.performance],
     }
@@ -340,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m csm_conformance.verdict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=True, help="report directory of the current stack (e.g. output/current)")
     parser.add_argument("--after", required=True, help="report directory of the candidate stack (e.g. output/candidate)")
+    parser.add_argument("--ab", default=None, help="the A/B comparison's output directory (python -m csm_conformance.ab): it judges performance")
     parser.add_argument("--output", default="output/verdict", help="where verdict.md and verdict.json go")
     parser.add_argument("--before-label", default=None, help="name of the current stack in the report (default: its directory name)")
     parser.add_argument("--after-label", default=None, help="name of the candidate stack in the report")
@@ -347,10 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         before = read_side(args.before_label or Path(args.before).name, Path(args.before))
         after = read_side(args.after_label or Path(args.after).name, Path(args.after))
+        ab = (read_ab(Path(args.ab)) or NO_AB) if args.ab else None
     except VerdictError as exc:
         print(f"csm-conformance verdict: {exc}", file=sys.stderr)
         return 2
-    verdict = decide(before, after)
+    verdict = decide(before, after, ab)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "verdict.md").write_text(to_markdown(verdict))

@@ -86,7 +86,56 @@ def load_workloads(path: Path | str | None = None) -> list[Workload]:
     return workloads
 
 
-def perf_cases(workloads: list[Workload], modes: list[str], wanted: list[str] | None = None) -> list[PerfCase]:
+@dataclass(frozen=True)
+class Tier:
+    """A named set of workloads and modes: `quick` answers "5 % or not" in minutes, `full` is nightly."""
+
+    name: str
+    workloads: tuple[str, ...]
+    modes: tuple[str, ...]
+    batch_sizes: tuple[int, ...] | None = None  # None: each workload's own
+
+
+TIERS = ("quick", "full")
+
+
+def load_tiers(path: Path | str | None = None) -> dict[str, Tier]:
+    """The catalogue's tiers; a catalogue without them gets quick = its first workload in eager
+    mode and full = every workload in both modes."""
+    path = Path(path) if path else DEFAULT_WORKLOADS
+    workloads = load_workloads(path)
+    raw = read_yaml(path, "workload catalogue", WorkloadError).get("tiers")
+    known = [w.id for w in workloads]
+    if raw is None:
+        return {"quick": Tier("quick", (known[0],), ("eager",)), "full": Tier("full", tuple(known), MODES)}
+    if not isinstance(raw, dict) or set(raw) != set(TIERS):
+        raise WorkloadError(f"workload catalogue {path}: 'tiers' must define exactly {' and '.join(TIERS)}")
+    tiers = {}
+    for name, entry in raw.items():
+        ids, modes = (entry or {}).get("workloads"), (entry or {}).get("modes")
+        if not isinstance(ids, list) or not ids or any(i not in known for i in ids):
+            raise WorkloadError(f"workload catalogue {path}: tier {name}: 'workloads' must list workload ids (known: {', '.join(known)})")
+        if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes):
+            raise WorkloadError(f"workload catalogue {path}: tier {name}: 'modes' must list {' and/or '.join(MODES)}")
+        batches = (entry or {}).get("batch_sizes")
+        if batches is not None and (not isinstance(batches, list) or not batches or not all(isinstance(b, int) and b >= 1 for b in batches)):
+            raise WorkloadError(f"workload catalogue {path}: tier {name}: 'batch_sizes' must be a list of positive integers")
+        tiers[name] = Tier(name, tuple(ids), tuple(modes), tuple(batches) if batches else None)
+    return tiers
+
+
+def tier_selection(path: Path | str | None, tier: str, wanted: list[str], modes: list[str]) -> tuple[list[str], list[str], tuple[int, ...] | None]:
+    """(workload ids, modes, batch sizes or None for each workload's own) to time: what was asked
+    for, the tier's for what was not. Workloads named explicitly run at their own batch sizes."""
+    tiers = load_tiers(path)
+    if tier not in tiers:
+        raise WorkloadError(f"unknown performance tier '{tier}': use {' or '.join(TIERS)}")
+    chosen = tiers[tier]
+    return (list(wanted) or list(chosen.workloads)), (list(modes) or list(chosen.modes)), (None if wanted else chosen.batch_sizes)
+
+
+def perf_cases(workloads: list[Workload], modes: list[str], wanted: list[str] | None = None,
+               batch_sizes: tuple[int, ...] | None = None) -> list[PerfCase]:
     """Every (workload, batch, mode) to time, modes outermost so each mode's compile happens once."""
     unknown_modes = [m for m in modes if m not in MODES]
     if unknown_modes:
@@ -97,4 +146,4 @@ def perf_cases(workloads: list[Workload], modes: list[str], wanted: list[str] | 
         if unknown:
             raise WorkloadError(f"unknown workload id {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
         workloads = [w for w in workloads if w.id in wanted]
-    return [PerfCase(w, b, m) for m in modes for w in workloads for b in w.batch_sizes]
+    return [PerfCase(w, b, m) for m in modes for w in workloads for b in (batch_sizes or w.batch_sizes)]

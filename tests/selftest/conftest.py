@@ -1,9 +1,19 @@
-"""Self-test collection: `slow` tests (random-full, minutes on a CPU) run only when asked for with
-`-m slow` (or any -m expression that names it), so the default self-test run fits CI's budget."""
+"""Self-test collection and the helpers the self-tests share, as fixtures.
+
+`slow` tests (random-full, minutes on a CPU) run only when asked for with `-m slow` (or any -m
+expression that names it), so the default self-test run fits CI's budget. `run_suite` runs the
+real conformance tests in a scratch directory, `one_line_error` asserts a run ended on one line,
+`baselines_copy` is a writable copy of the committed baselines.
+"""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -13,3 +23,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+
+
+def _run_suite(pytester: pytest.Pytester, *args: str, baselines: Path | None = None, marker: str = "accuracy") -> pytest.RunResult:
+    """The real conformance tests (the accuracy ones unless told), with the repo's pytest.ini and
+    conftest, in a scratch cwd."""
+    extra = ["--csm-baselines", str(baselines)] if baselines else []
+    extra += ["-m", marker] if marker else []
+    return pytester.runpytest_subprocess(
+        str(ROOT / "tests" / "conformance"), "-c", str(ROOT / "pytest.ini"), "--rootdir", str(ROOT),
+        "-p", "no:cacheprovider", "-p", "no:randomly", "--csm-output", str(pytester.path / "output"),
+        *extra, *args,
+    )
+
+
+def _one_line_error(result: pytest.RunResult, needle: str) -> None:
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret not in (0, 1), f"expected a setup error, got exit {result.ret}"
+    assert needle in text, text[-2000:]
+    assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture
+def baselines_copy(tmp_path):
+    target = tmp_path / "baselines"
+    shutil.copytree(ROOT / "baselines", target)
+    return target
+
+
+@pytest.fixture
+def run_suite():
+    """The real conformance tests, run as a user runs them (see _run_suite)."""
+    return _run_suite
+
+
+@pytest.fixture
+def one_line_error():
+    """Assert a run ended with a one-line error naming `needle`, no traceback (see _one_line_error)."""
+    return _one_line_error

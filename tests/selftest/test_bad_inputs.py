@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_gate import ROOT, one_line_error, run_suite
 
 from csm_conformance import cases, devices, models, tiny_model
 from csm_conformance.bounds import BaselineError, BoundsBook
@@ -26,6 +25,7 @@ from csm_conformance.perf_baselines import BaselineFile
 from csm_conformance.session import ConformanceSession, NonFiniteOutputError
 
 pytestmark = pytest.mark.selftest
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _copy_tiny(target: Path, **config_changes) -> Path:
@@ -63,7 +63,7 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
     ("bert", "describes model_type 'bert', not 'csm'"),
     ("wider_ffn", "do not match its config.json: 6 of another shape, e.g. backbone_model.layers.0.mlp.down_proj.weight"),
 ])
-def test_model_that_is_not_this_checkpoint_ends_the_run(pytester, model_dirs, which, needle):
+def test_model_that_is_not_this_checkpoint_ends_the_run(one_line_error, run_suite, pytester, model_dirs, which, needle):
     one_line_error(run_suite(pytester, "--csm-case", "short_en", "--csm-model", str(model_dirs[which])), needle)
 
 
@@ -92,7 +92,7 @@ def test_tensors_missing_or_dropped_are_found_at_load(model_dirs, which, field, 
     assert not integrity.clean
 
 
-def test_load_integrity_check_names_the_tensors(pytester, model_dirs):
+def test_load_integrity_check_names_the_tensors(run_suite, pytester, model_dirs):
     result = run_suite(pytester, "--csm-case", "short_en", "--csm-model", str(model_dirs["more_layers"]), "-k", "load_integrity")
     assert result.ret == 1, result.stdout.str()[-2000:]
     result.stdout.fnmatch_lines([
@@ -128,13 +128,13 @@ def test_embedded_checkpoint_blames_the_stack(monkeypatch):
     assert "fixed embedded checkpoint" in text and "the fault is this stack's" in text
 
 
-def test_absent_npu_ends_the_run(pytester):
+def test_absent_npu_ends_the_run(one_line_error, run_suite, pytester):
     if devices._available("npu"):
         pytest.skip("this machine has an NPU")
     one_line_error(run_suite(pytester, "--csm-device", "npu"), "no npu device is available")
 
 
-def test_empty_catalogue_ends_the_run(pytester, tmp_path):
+def test_empty_catalogue_ends_the_run(one_line_error, run_suite, pytester, tmp_path):
     catalogue = tmp_path / "empty.yaml"
     catalogue.write_text("# every case was deleted\n")
     one_line_error(run_suite(pytester, "--csm-cases", str(catalogue)), "holds no cases")

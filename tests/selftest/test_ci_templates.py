@@ -9,12 +9,13 @@ import configparser
 import copy
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
-from test_gate import ROOT
 
 pytestmark = pytest.mark.selftest
+ROOT = Path(__file__).resolve().parents[2]
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 # caller -> (runner label, workflow_dispatch inputs naming the candidate's specs)

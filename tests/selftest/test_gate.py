@@ -4,7 +4,6 @@ and bad input ends the run with one line and a non-zero exit (never a silent pas
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,33 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--csm-case", "short_en", "--csm-case", "multi_turn_ctx", "--csm-case", "decode_2s"]
 
 
-def run_suite(pytester: pytest.Pytester, *args: str, baselines: Path | None = None, marker: str = "accuracy") -> pytest.RunResult:
-    """The real conformance tests (the accuracy ones unless told), with the repo's pytest.ini and
-    conftest, in a scratch cwd."""
-    extra = ["--csm-baselines", str(baselines)] if baselines else []
-    extra += ["-m", marker] if marker else []
-    return pytester.runpytest_subprocess(
-        str(ROOT / "tests" / "conformance"), "-c", str(ROOT / "pytest.ini"), "--rootdir", str(ROOT),
-        "-p", "no:cacheprovider", "-p", "no:randomly", "--csm-output", str(pytester.path / "output"),
-        *extra, *args,
-    )
-
-
-def one_line_error(result: pytest.RunResult, needle: str) -> None:
-    text = result.stdout.str() + result.stderr.str()
-    assert result.ret not in (0, 1), f"expected a setup error, got exit {result.ret}"
-    assert needle in text, text[-2000:]
-    assert "Traceback" not in text, text[-3000:]
-
-
-@pytest.fixture
-def baselines_copy(tmp_path):
-    target = tmp_path / "baselines"
-    shutil.copytree(ROOT / "baselines", target)
-    return target
-
-
-def test_clean_run_passes_and_reports(pytester):
+def test_clean_run_passes_and_reports(run_suite, pytester):
     result = run_suite(pytester, *FAST)
     assert result.ret == 0, result.stdout.str()[-3000:]
     out = result.stdout.str()
@@ -69,7 +42,7 @@ def test_clean_run_passes_and_reports(pytester):
     ("weight:codec_model.decoder.layers.0.conv.weight:5e-2", "test_mimi_decode[decode_2s]"),
     ("weight:codec_model.decoder.layers.0.conv.weight:1e-2", "test_module_local_error_codec[decode_2s]"),
 ])
-def test_planted_fault_fails_the_gate(pytester, fault, failing):
+def test_planted_fault_fails_the_gate(run_suite, pytester, fault, failing):
     result = run_suite(pytester, *FAST, "--csm-fault", fault)
     assert result.ret == 1, result.stdout.str()[-3000:]
     failed = [line for line in result.stdout.lines if line.startswith("FAILED")]
@@ -77,14 +50,14 @@ def test_planted_fault_fails_the_gate(pytester, fault, failing):
     result.stdout.fnmatch_lines(["*PLANTED FAULT*"])
 
 
-def test_nan_in_outputs_is_red_with_one_line(pytester):
+def test_nan_in_outputs_is_red_with_one_line(run_suite, pytester):
     result = run_suite(pytester, *FAST, "--csm-fault", "nan:backbone_model.layers.0")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*non-finite values (NaN/Inf)*"])
     result.stdout.fnmatch_lines(["*short_en/generation: device_backbone_logits has non-finite values*"])
 
 
-def test_missing_bounds_reported_and_strict_fails(pytester, tmp_path):
+def test_missing_bounds_reported_and_strict_fails(run_suite, pytester, tmp_path):
     empty = tmp_path / "empty_baselines"
     empty.mkdir()
     lenient = run_suite(pytester, "--csm-case", "short_en", baselines=empty)
@@ -95,7 +68,7 @@ def test_missing_bounds_reported_and_strict_fails(pytester, tmp_path):
     strict.stdout.fnmatch_lines(["*no bound stored*", "*no golden reference*"])
 
 
-def test_recording_refuses_a_faulted_run(pytester, baselines_copy):
+def test_recording_refuses_a_faulted_run(run_suite, pytester, baselines_copy):
     before = (baselines_copy / "accuracy").rglob("*.json")
     snapshot = {p: p.read_bytes() for p in before}
     result = run_suite(pytester, *FAST, "--csm-record-bounds", "--csm-fault", "rope", baselines=baselines_copy)
@@ -104,7 +77,7 @@ def test_recording_refuses_a_faulted_run(pytester, baselines_copy):
     assert {p: p.read_bytes() for p in snapshot} == snapshot
 
 
-def test_recording_writes_bounds_that_the_next_run_uses(pytester, tmp_path):
+def test_recording_writes_bounds_that_the_next_run_uses(run_suite, pytester, tmp_path):
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     rec = run_suite(pytester, "--csm-case", "short_en", "--csm-record-bounds", baselines=fresh)
@@ -122,18 +95,18 @@ def test_recording_writes_bounds_that_the_next_run_uses(pytester, tmp_path):
     (["--csm-case", "nope"], "unknown case id 'nope'"),
     (["--csm-dtype", "int4"], "unknown dtype 'int4'"),
 ])
-def test_bad_input_is_one_line_and_red(pytester, args, needle):
+def test_bad_input_is_one_line_and_red(one_line_error, run_suite, pytester, args, needle):
     result = run_suite(pytester, *args)
     one_line_error(result, needle)
 
 
-def test_corrupt_bounds_file_is_one_line_and_red(pytester, baselines_copy):
+def test_corrupt_bounds_file_is_one_line_and_red(one_line_error, run_suite, pytester, baselines_copy):
     target = next((baselines_copy / "accuracy").rglob("cpu-bfloat16.json"))
     target.write_text('{"schema": 1, "cases": ')
     one_line_error(run_suite(pytester, *FAST, baselines=baselines_copy), "is corrupt")
 
 
-def test_corrupt_golden_file_fails_its_test(pytester, baselines_copy):
+def test_corrupt_golden_file_fails_its_test(run_suite, pytester, baselines_copy):
     target = next((baselines_copy / "golden").rglob("short_en.safetensors"))
     target.write_bytes(b"\x00\x01garbage")
     result = run_suite(pytester, "--csm-case", "short_en", baselines=baselines_copy)
@@ -141,7 +114,7 @@ def test_corrupt_golden_file_fails_its_test(pytester, baselines_copy):
     result.stdout.fnmatch_lines(["*golden file*short_en.safetensors is corrupt*"])
 
 
-def test_weights_mismatch_against_stored_bounds(pytester, baselines_copy):
+def test_weights_mismatch_against_stored_bounds(one_line_error, run_suite, pytester, baselines_copy):
     target = next((baselines_copy / "accuracy").rglob("cpu-bfloat16.json"))
     data = json.loads(target.read_text())
     data["model"]["weights_digest"] = "sha256:0000000000000000"
@@ -154,7 +127,7 @@ def test_weights_mismatch_against_stored_bounds(pytester, baselines_copy):
     # a gain change keeps the waveform's cosine at 0.999998: only the relative-error bound sees it
     ("xversion:mimi", "test_reference_drift_codec[decode_2s]", "*decode_2s/golden_drift: rel_error is *must be <= 0.0001*"),
 ])
-def test_cross_version_numeric_change_turns_drift_red(pytester, fault, failing, line):
+def test_cross_version_numeric_change_turns_drift_red(run_suite, pytester, fault, failing, line):
     """A release that changes a function's numerics changes the CPU reference with the device:
     every device-vs-CPU check still passes, and only the golden drift gate fails."""
     result = run_suite(pytester, *FAST, "--csm-fault", fault)
@@ -165,7 +138,7 @@ def test_cross_version_numeric_change_turns_drift_red(pytester, fault, failing, 
     result.stdout.fnmatch_lines([line])
 
 
-def test_golden_drift_gate_catches_a_shifted_reference(pytester, baselines_copy):
+def test_golden_drift_gate_catches_a_shifted_reference(run_suite, pytester, baselines_copy):
     """A stack change that moves the CPU reference itself (invisible to device-vs-CPU) fails drift."""
     from csm_conformance import golden
 

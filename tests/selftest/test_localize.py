@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from test_gate import ROOT, run_suite
 
 from csm_conformance import localize
 from csm_conformance.faults import FaultError, apply_fault
@@ -34,6 +34,7 @@ from csm_conformance.options import Settings
 from csm_conformance.session import ConformanceSession
 
 pytestmark = pytest.mark.selftest
+ROOT = Path(__file__).resolve().parents[2]
 
 L0 = "backbone_model.layers.0"
 ONLY_LOGITS = ["-k", "backbone_logits or depth_decoder_logits"]
@@ -187,7 +188,7 @@ def test_fault_notes_name_their_place_and_bad_specs_are_one_line(reference):
 
 
 # ---- the real suite on the CI configuration (bfloat16) -----------------------------------------
-def test_clean_run_flags_nothing_and_writes_reports_and_dumps(pytester):
+def test_clean_run_flags_nothing_and_writes_reports_and_dumps(run_suite, pytester):
     dump = pytester.path / "dump"
     result = run_suite(pytester, "--csm-case", "short_en", "--csm-case", "decode_2s", "--csm-localize", "--csm-dump", str(dump),
                        "-k", "backbone_logits or depth_decoder_logits or mimi_decode")
@@ -212,7 +213,7 @@ def test_clean_run_flags_nothing_and_writes_reports_and_dumps(pytester):
     ("mask:1", f"first diverging module: {L0}.self_attn (cosine"),
     ("nan:backbone_model.layers.1.mlp", "first diverging module: backbone_model.layers.1.mlp (1 NaN/Inf values"),
 ])
-def test_gate_fails_and_names_the_first_diverging_module(pytester, fault, named):
+def test_gate_fails_and_names_the_first_diverging_module(run_suite, pytester, fault, named):
     result = run_suite(pytester, "--csm-case", "short_en", "--csm-fault", fault, *ONLY_LOGITS)
     assert result.ret == 1, result.stdout.str()[-3000:]
     assert any(line.startswith("FAILED") and "test_backbone_logits[short_en]" in line for line in result.stdout.lines)
@@ -220,7 +221,7 @@ def test_gate_fails_and_names_the_first_diverging_module(pytester, fault, named)
     assert named in (pytester.path / "output" / "localize" / "short_en.txt").read_text()
 
 
-def test_module_local_check_fails_on_a_one_percent_weight_error_in_bfloat16(pytester):
+def test_module_local_check_fails_on_a_one_percent_weight_error_in_bfloat16(run_suite, pytester):
     """The gate itself (not only the diagnostic) catches what the end-to-end logits barely see,
     and its first line is the place."""
     result = run_suite(pytester, "--csm-case", "short_en", "--csm-fault", f"weight:{L0}.mlp.down_proj.weight:1e-2", "-k", "module_local")
@@ -230,7 +231,7 @@ def test_module_local_check_fails_on_a_one_percent_weight_error_in_bfloat16(pyte
             "inputs, bound 0.00825; 1 of 15 modules over)") in result.stdout.str(), result.stdout.str()[-3000:]
 
 
-def test_module_local_bound_for_a_module_that_did_not_run_fails(pytester):
+def test_module_local_bound_for_a_module_that_did_not_run_fails(run_suite, pytester):
     """A stored bound nobody measured (a module renamed or removed by an upgrade) would pass by
     never being looked at: it fails, naming the module."""
     import shutil

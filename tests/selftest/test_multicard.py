@@ -13,7 +13,6 @@ import types
 
 import pytest
 import torch
-from test_gate import one_line_error, run_suite
 
 from csm_conformance import devices, reporting
 
@@ -114,7 +113,7 @@ def _report(pytester):
     return json.loads((pytester.path / "output" / "accuracy_evaluation.json").read_text())
 
 
-def test_two_workers_merge_into_one_report(pytester):
+def test_two_workers_merge_into_one_report(run_suite, pytester):
     """-n 2 spreads the tests over both workers; the controller writes one report naming each
     result's worker and device, and prints one summary; each worker loaded its models once."""
     result = run_suite(pytester, "-n", "2", *FAST, "-k", "backbone_logits or depth_decoder_logits")
@@ -136,7 +135,7 @@ def test_two_workers_merge_into_one_report(pytester):
     assert "gw0 cpu" in (pytester.path / "output" / "accuracy_summary.txt").read_text()
 
 
-def test_dist_each_runs_every_test_on_every_worker(pytester):
+def test_dist_each_runs_every_test_on_every_worker(run_suite, pytester):
     result = run_suite(pytester, "-n", "2", "--dist", "each", *FAST, "-k", "backbone_logits")
     assert result.ret == 0, result.stdout.str()[-3000:]
     report = _report(pytester)
@@ -162,7 +161,7 @@ def pytest_sessionfinish(session):
 '''
 
 
-def test_workers_resolve_their_own_device_and_performance_is_not_timed(pytester, monkeypatch):
+def test_workers_resolve_their_own_device_and_performance_is_not_timed(run_suite, pytester, monkeypatch):
     """End to end through real xdist workers (fake CUDA, no model loaded): `-n auto` starts one
     worker per device (not xdist's own count, set to 5 here), gwK resolves cuda:K, and the
     performance tests are not timed in parallel but skipped with the per-card command, which
@@ -181,12 +180,12 @@ def test_workers_resolve_their_own_device_and_performance_is_not_timed(pytester,
     assert "time each card without -n, e.g. pytest -m performance --csm-device cuda:K" in out
 
 
-def test_more_workers_than_devices_stops_before_any_worker_starts(pytester):
+def test_more_workers_than_devices_stops_before_any_worker_starts(one_line_error, run_suite, pytester):
     pytester.makepyfile(fake_cuda=FAKE_CUDA_PLUGIN)
     result = run_suite(pytester, "-n", "3", "-p", "fake_cuda", "--csm-device", "cuda")
     one_line_error(result, "csm-conformance: pytest-xdist worker gw2 has no cuda device of its own: only 2 cuda device(s)")
     assert not (pytester.path / "gw0.device").exists()
 
 
-def test_recording_under_xdist_is_refused(pytester):
+def test_recording_under_xdist_is_refused(one_line_error, run_suite, pytester):
     one_line_error(run_suite(pytester, "-n", "2", *FAST, "--csm-record-bounds"), "run them on one device, without -n")

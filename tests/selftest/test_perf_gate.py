@@ -10,16 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_gate import ROOT, one_line_error, run_suite
 
 pytestmark = pytest.mark.selftest
+ROOT = Path(__file__).resolve().parents[2]
 
 # One short workload in eager mode keeps each run to seconds; the gate logic is the same for all.
 QUICK = ["--csm-workload", "short_32t", "--csm-perf-modes", "eager"]
 
 
-def run_perf(pytester, *args, baselines: Path) -> pytest.RunResult:
-    return run_suite(pytester, *QUICK, *args, baselines=baselines, marker="performance")
+@pytest.fixture
+def run_perf(run_suite, pytester):
+    """The quick performance run, against the given baselines directory."""
+    return lambda *args, baselines: run_suite(pytester, *QUICK, *args, baselines=baselines, marker="performance")
 
 
 def promote(run_json: Path, baselines: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -47,8 +49,8 @@ def promoted(tmp_path_factory) -> Path:
     return baselines
 
 
-def test_clean_run_passes_against_its_baseline_and_writes_reports(pytester, promoted):
-    result = run_perf(pytester, baselines=promoted)
+def test_clean_run_passes_against_its_baseline_and_writes_reports(run_perf, pytester, promoted):
+    result = run_perf(baselines=promoted)
     out = result.stdout.str()
     assert result.ret == 0, out[-3000:]
     assert "csm-conformance performance summary" in out
@@ -69,8 +71,8 @@ def test_clean_run_passes_against_its_baseline_and_writes_reports(pytester, prom
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_planted_per_frame_sleep_fails_the_gate_with_a_table(pytester, promoted):
-    result = run_perf(pytester, "--csm-fault", "sleep:20", baselines=promoted)
+def test_planted_per_frame_sleep_fails_the_gate_with_a_table(run_perf, pytester, promoted):
+    result = run_perf("--csm-fault", "sleep:20", baselines=promoted)
     out = result.stdout.str()
     assert result.ret == 1, out[-3000:]
     result.stdout.fnmatch_lines(["*_ test_generation?short_32t-b1-eager? _*", "short_32t-b1-eager: performance regressed in*frame_ms_median*",
@@ -82,7 +84,7 @@ def test_planted_per_frame_sleep_fails_the_gate_with_a_table(pytester, promoted)
     assert refused.returncode == 2 and "planted faults" in refused.stderr
 
 
-def test_a_transient_slowdown_is_not_confirmed_and_passes(pytester, promoted):
+def test_a_transient_slowdown_is_not_confirmed_and_passes(run_perf, pytester, promoted):
     """Interference that slows only the first measurement (5 generations: warm-up, 3 rounds, the
     memory round) regresses it; the confirmation measurement right after is clean, so the gate
     passes and says why. With --csm-perf-confirm 0 the same burst fails: the confirmation, not a
@@ -93,7 +95,7 @@ def test_a_transient_slowdown_is_not_confirmed_and_passes(pytester, promoted):
     promoted (a +31 % drift failed this test once at 30 %)."""
     burst = ["--csm-perf-rounds", "3", "--csm-fault", "transient:60:5", "-k", "test_generation",
              "--csm-perf-tolerance=cpu.time=100%", "--csm-perf-tolerance=cpu.memory=10%+16MiB"]
-    result = run_perf(pytester, *burst, baselines=promoted)
+    result = run_perf(*burst, baselines=promoted)
     out = result.stdout.str()
     assert result.ret == 0, out[-3000:]
     report = json.loads((pytester.path / "output" / "performance_benchmark.json").read_text())
@@ -102,12 +104,12 @@ def test_a_transient_slowdown_is_not_confirmed_and_passes(pytester, promoted):
     assert "frame_ms_median" in next(m for m in gen["messages"] if m.startswith("regression in the first"))
     measured = report["benchmarks"][0]["extra_info"]["info"]["confirmation"]["measurements"]
     assert len(measured) == 2 and measured[0]["frame_ms_median"]["value"] > 1.5 * measured[1]["frame_ms_median"]["value"]
-    again = run_perf(pytester, *burst, "--csm-perf-confirm", "0", baselines=promoted)
+    again = run_perf(*burst, "--csm-perf-confirm", "0", baselines=promoted)
     assert again.ret == 1 and "performance regressed in" in again.stdout.str(), again.stdout.str()[-3000:]
 
 
-def test_planted_memory_growth_fails_the_gate(pytester, promoted):
-    result = run_perf(pytester, "--csm-fault", "leak:2", baselines=promoted)
+def test_planted_memory_growth_fails_the_gate(run_perf, pytester, promoted):
+    result = run_perf("--csm-fault", "leak:2", baselines=promoted)
     out = result.stdout.str()
     assert result.ret == 1, out[-3000:]
     assert "peak_memory_mb" in out and "REGRESSED" in out
@@ -117,35 +119,35 @@ def test_planted_memory_growth_fails_the_gate(pytester, promoted):
     assert any(c["metric"] == "peak_memory_mb" and c["verdict"] == "regressed" for c in gen["comparisons"])
 
 
-def test_missing_baseline_is_reported_and_fails_under_strict(pytester, tmp_path):
+def test_missing_baseline_is_reported_and_fails_under_strict(run_perf, pytester, tmp_path):
     empty = tmp_path / "none"
-    lenient = run_perf(pytester, baselines=empty)
+    lenient = run_perf(baselines=empty)
     assert lenient.ret == 0
     assert "no performance baseline for this machine" in lenient.stdout.str()
-    strict = run_perf(pytester, "--csm-strict", baselines=empty)
+    strict = run_perf("--csm-strict", baselines=empty)
     assert strict.ret == 1
     strict.stdout.fnmatch_lines(["*_ test_generation?short_32t-b1-eager? _*", "short_32t-b1-eager: no performance baseline for this machine*"])
 
 
-def test_corrupt_baseline_is_one_line(pytester, promoted, tmp_path):
+def test_corrupt_baseline_is_one_line(run_perf, one_line_error, pytester, promoted, tmp_path):
     import shutil
 
     broken = tmp_path / "broken"
     shutil.copytree(promoted, broken)
     target = next(broken.rglob("bfloat16-eager.json"))
     target.write_text("{ not json")
-    one_line_error(run_perf(pytester, baselines=broken), "is not valid JSON")
+    one_line_error(run_perf(baselines=broken), "is not valid JSON")
 
 
-def test_zero_rounds_and_bad_tolerance_are_usage_errors(pytester, tmp_path):
-    one_line_error(run_perf(pytester, "--csm-perf-rounds", "0", baselines=tmp_path), "must be at least 1")
-    one_line_error(run_perf(pytester, "--csm-perf-tolerance", "speed=5%", baselines=tmp_path), "bad tolerance 'speed=5%'")
-    one_line_error(run_perf(pytester, "--csm-workload", "nope", baselines=tmp_path), "unknown workload id 'nope'")
+def test_zero_rounds_and_bad_tolerance_are_usage_errors(run_perf, one_line_error, pytester, tmp_path):
+    one_line_error(run_perf("--csm-perf-rounds", "0", baselines=tmp_path), "must be at least 1")
+    one_line_error(run_perf("--csm-perf-tolerance", "speed=5%", baselines=tmp_path), "bad tolerance 'speed=5%'")
+    one_line_error(run_perf("--csm-workload", "nope", baselines=tmp_path), "unknown workload id 'nope'")
 
 
-def test_disabled_benchmarks_skip_and_fail_under_strict(pytester, tmp_path):
-    skipped = run_perf(pytester, "--benchmark-disable", baselines=tmp_path)
+def test_disabled_benchmarks_skip_and_fail_under_strict(run_perf, pytester, tmp_path):
+    skipped = run_perf("--benchmark-disable", baselines=tmp_path)
     assert skipped.ret == 0
     skipped.stdout.fnmatch_lines(["*2 skipped*"])
-    strict = run_perf(pytester, "--benchmark-disable", "--csm-strict", baselines=tmp_path)
+    strict = run_perf("--benchmark-disable", "--csm-strict", baselines=tmp_path)
     assert strict.ret == 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_gate import run_suite
 
 pytestmark = pytest.mark.selftest
 
@@ -29,7 +28,7 @@ def plant_skip(pytester):
     return ["-p", "plant_skip", "--csm-case", "short_en"]
 
 
-def test_a_skip_is_reported_as_a_skip_not_a_pass(pytester, plant_skip):
+def test_a_skip_is_reported_as_a_skip_not_a_pass(run_suite, pytester, plant_skip):
     result = run_suite(pytester, *plant_skip, "-k", "depth_decoder_logits")
     assert result.ret == 0, result.stdout.str()[-3000:]
     result.stdout.fnmatch_lines(["short_en *depth_decoder_logits *SKIPPED*", "checks: 1 skipped*", "*1 skipped*"])
@@ -41,7 +40,7 @@ def test_a_skip_is_reported_as_a_skip_not_a_pass(pytester, plant_skip):
     assert "SKIPPED: planted skip" in (pytester.path / "output" / "accuracy_summary.txt").read_text()
 
 
-def test_strict_fails_a_skip_but_not_a_case_selection(pytester, plant_skip):
+def test_strict_fails_a_skip_but_not_a_case_selection(run_suite, pytester, plant_skip):
     """Under --csm-strict the planted skip is red; the codec tests, which --csm-case short_en leaves
     without cases, are deselected (they used to be 'empty parameter set' skips), and the rest pass."""
     result = run_suite(pytester, *plant_skip, "--csm-strict", "-k", "backbone_logits or depth_decoder_logits or mimi")

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_gate import run_suite
 
 from csm_conformance import verdict
 
@@ -164,7 +163,7 @@ def test_a_missing_directory_is_a_one_line_error(tmp_path, before, capsys):
     assert not (tmp_path / "v").exists()
 
 
-def test_real_runs_a_clean_stack_against_a_faulty_one(pytester, tmp_path, capsys):
+def test_real_runs_a_clean_stack_against_a_faulty_one(run_suite, pytester, tmp_path, capsys):
     """Two real runs of the accuracy gate: the clean one as 'current', one with a perturbed
     backbone weight as the 'candidate'. The verdict must be REGRESSED and name the case."""
     runs = {}
@@ -198,3 +197,74 @@ def test_a_checkpoint_loaded_differently_is_regressed_naming_the_tensors(tmp_pat
     assert (code, report["verdict"]) == (1, "REGRESSED")
     headline = markdown.splitlines()[0]
     assert "model/load_integrity" in headline and tensor in headline, headline
+
+
+def ab_doc(verdict_: str, after_transformers: str = "5.25.0", fault: list | None = None) -> dict:
+    """An A/B report as python -m csm_conformance.ab writes it (one case, one figure)."""
+    ratio, low, high, decision = {"SAFE": (1.0, 0.97, 1.03, "SAFE"), "REGRESSED": (1.3, 1.2, 1.4, "REGRESSED"),
+                                  "INCONCLUSIVE": (1.04, 0.98, 1.1, "INCONCLUSIVE")}[verdict_]
+    figure = {"figure": "frame_ms_median", "class": "time", "better": "lower", "unit": "ms", "tolerance": 0.05, "decision": decision,
+              "pairs_used": 14 if decision != "INCONCLUSIVE" else None, "ratio": ratio, "low": low, "high": high, "level": 0.99,
+              "pairs": 14, "before_median": 10.0, "after_median": 10.0 * ratio}
+    from csm_conformance.ab import report
+
+    meta = {"kind": "A/B (two stacks)", "generated": "2026-11-29T00:00:00+00:00", "model": MODEL, "device": DEVICE, "dtype": "bfloat16",
+            "before": {"python": "/b/python", "versions": {"torch": "2.13.0", "transformers": "5.24.0"}, "fault_notes": [], "threads": 1, "load_s": 1.0},
+            "after": {"python": "/a/python", "versions": {"torch": "2.13.0", "transformers": after_transformers}, "fault_notes": fault or [],
+                      "threads": 1, "load_s": 1.0},
+            "tier": "quick", "budget": "at most 100 pairs per case", "tolerances": {"time": [0.05, 0.0]}, "alpha": 0.05, "looks": 7,
+            "look_schedule": [10, 14, 20, 28, 39, 55, 77], "level": 0.99, "method": "paired", "seconds": 30.0}
+    case = {"case": "short_32t-b1-eager", "workload": "short_32t", "batch": 1, "mode": "eager", "decision": decision, "pairs": 14,
+            "stop_reason": "x", "seconds": 20.0, "figures": [figure], "memory": None, "warmup": {}, "rounds": []}
+    return report.document(meta, [case])
+
+
+@pytest.mark.parametrize("ab_verdict, expected, needle", [
+    ("SAFE", "SAFE", None),
+    ("REGRESSED", "REGRESSED", "performance (A/B) short_32t-b1-eager: frame_ms_median x1.300 [1.200, 1.400] > 1+5%"),
+    ("INCONCLUSIVE", "INCONCLUSIVE", "performance (A/B) undecided: short_32t-b1-eager: frame_ms_median x1.040 [0.980, 1.100] straddles 1+5%"),
+])
+def test_performance_comes_from_the_ab_comparison_when_given(tmp_path, before, capsys, ab_verdict, expected, needle):
+    """With --ab the gate runs' own timings are not compared (here the candidate's would regress
+    by +60 %); the A/B decision, with its ratio and interval, is the performance verdict."""
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "ab.json").write_text(json.dumps(ab_doc(ab_verdict)))
+    after_dir = write_side(tmp_path / "candidate", accuracy_doc("5.25.0"), perf_doc("5.25.0", 16.0), dict.fromkeys(TESTS, "passed"))
+    code = verdict.main(["--before", str(before), "--after", str(after_dir), "--ab", str(tmp_path / "ab"), "--output", str(tmp_path / "v")])
+    report = json.loads((tmp_path / "v" / "verdict.json").read_text())
+    assert (code, report["verdict"], report["performance_method"]) == (verdict.EXIT[expected], expected, "ab")
+    assert needle is None or needle in report["reasons"], report["reasons"]
+    markdown = (tmp_path / "v" / "verdict.md").read_text()
+    assert f"## Performance: paired A/B comparison, {ab_verdict}" in markdown and "| frame_ms_median |" in markdown
+
+
+@pytest.mark.parametrize("doc, needle", [
+    (lambda: ab_doc("SAFE", after_transformers="5.30.0"), "the A/B comparison's after side is not the candidate stack: transformers 5.30.0 vs 5.25.0"),
+    (lambda: ab_doc("SAFE", fault=["every frame is 5% slower"]), "the A/B comparison planted a fault on its after side"),
+    (lambda: ab_doc("REGRESSED", fault=["every frame is 5% slower"]), "the A/B comparison planted a fault on its after side"),
+    (lambda: {**ab_doc("REGRESSED"), "model": {"key": "random-full"}},
+     "the A/B comparison ran random-full/cpu/bfloat16, the gate runs embedded-tiny-csm/cpu/bfloat16"),
+])
+def test_an_ab_comparison_of_other_stacks_or_with_a_fault_is_inconclusive(tmp_path, before, capsys, doc, needle):
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "ab.json").write_text(json.dumps(doc()))
+    after_dir = write_side(tmp_path / "candidate", accuracy_doc("5.25.0"), perf_doc("5.25.0"), dict.fromkeys(TESTS, "passed"))
+    code = verdict.main(["--before", str(before), "--after", str(after_dir), "--ab", str(tmp_path / "ab"), "--output", str(tmp_path / "v")])
+    report = json.loads((tmp_path / "v" / "verdict.json").read_text())
+    assert code == 3 and any(needle in r for r in report["reasons"]), report["reasons"]
+
+
+def test_a_missing_ab_report_is_inconclusive_and_a_foreign_one_is_one_line(tmp_path, before, capsys):
+    """The A/B comparison stopped on bad input and wrote nothing: the verdict is still written, from
+    the accuracy evidence, and says performance is missing. A file that is not an A/B report is an error."""
+    after_dir = write_side(tmp_path / "candidate", accuracy_doc("5.25.0"), perf_doc("5.25.0"), dict.fromkeys(TESTS, "passed"))
+    (tmp_path / "ab").mkdir()
+    out = tmp_path / "v"
+    assert verdict.main(["--before", str(before), "--after", str(after_dir), "--ab", str(tmp_path / "ab"), "--output", str(out)]) == 3
+    report = json.loads((out / "verdict.json").read_text())
+    assert report["performance_method"] == "ab" and report["reasons"][0].startswith("no A/B report")
+    capsys.readouterr()
+    (tmp_path / "ab" / "ab.json").write_text('{"verdict": "SAFE", "cases": [{"case": "x"}]}')
+    assert verdict.main(["--before", str(before), "--after", str(after_dir), "--ab", str(tmp_path / "ab")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a complete A/B report (missing: reasons, before, after, model" in err

@@ -1,0 +1,255 @@
+"""The paired A/B comparison: its interval covers, its decisions follow the interval, its controller
+stops when figures are decided or the budget is spent, bad input is one line, and a planted
+slowdown in a real worker is REGRESSED. A fake worker (any executable that speaks the protocol,
+as the interface allows) makes the controller's logic testable in seconds."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from csm_conformance.ab import stats
+from csm_conformance.ab.__main__ import main as ab_main
+from csm_conformance.ab.__main__ import parse_budget
+from csm_conformance.perf_baselines import compare_figures, parse_tolerances
+from csm_conformance.workloads import WorkloadError, load_tiers, tier_selection
+
+pytestmark = pytest.mark.selftest
+PY = sys.executable
+
+
+# ---- the statistic ---------------------------------------------------------------------------
+def test_signed_rank_table_matches_the_published_critical_values():
+    # two-sided 5 %: n=10 -> T <= 8, n=20 -> T <= 52 (standard Wilcoxon tables)
+    assert stats._order_statistic_index(10, 0.05) == 9
+    assert stats._order_statistic_index(20, 0.05) == 53
+    assert stats._order_statistic_index(5, 0.05) == 0  # five pairs cannot reach 95 %
+    exact, normal = stats._order_statistic_index(60, 0.01), None
+    stats_exact_limit = stats.EXACT_UP_TO
+    try:
+        stats.EXACT_UP_TO = 0
+        normal = stats._order_statistic_index(60, 0.01)
+    finally:
+        stats.EXACT_UP_TO = stats_exact_limit
+    assert 0 <= exact - normal <= 5  # beyond the exact table the normal approximation errs wide (conservative), by < 1 % of 1830
+
+
+@pytest.mark.parametrize("tails", ["normal", "heavy"])
+def test_interval_covers_the_true_ratio(tails):
+    """Symmetric log-ratios around log(1.05), light or heavy tailed (a fifth of the pairs hit 3x
+    harder on either side, as interference does): the 95 % interval covers at least 93 % of 400 runs."""
+    rng = random.Random(0)
+    truth, covered = 1.05, 0
+    for _ in range(400):
+        d = []
+        for _ in range(20):
+            noise = rng.gauss(0, 0.1) * (3 if tails == "heavy" and rng.random() < 0.2 else 1)
+            d.append(math.log(truth) + noise)
+        iv = stats.ratio_interval(d, 0.05)
+        covered += iv.low <= truth <= iv.high
+    assert covered / 400 >= 0.93, covered
+
+
+def test_decisions_follow_the_interval():
+    make = lambda lo, hi: stats.Interval(1.0, lo, hi, 0.99, 20)  # noqa: E731
+    assert stats.decide(make(1.06, 1.2), 0.05) == "REGRESSED"
+    assert stats.decide(make(0.9, 1.04), 0.05) == "SAFE"
+    assert stats.decide(make(1.0, 1.1), 0.05) == "undecided"
+    assert stats.look_schedule(60) == [10, 14, 20, 28, 39, 55, 60]
+    assert stats.look_schedule(8) == [8]
+
+
+def test_noise_can_no_longer_swallow_a_2x_slowdown_in_the_stored_gate():
+    tol = parse_tolerances(["time=5%", "cpu.time=30%"])
+    baseline = {"frame_ms_median": {"value": 10.0, "cv": 0.6}}  # a loaded machine: CV 60 % -> noise 180 %
+    slow = {"frame_ms_median": {"value": 20.0, "cv": 0.6}}
+    uncapped = compare_figures(baseline, slow, tol, "cpu", 3.0, noise_cap=math.inf)[0]
+    capped = compare_figures(baseline, slow, tol, "cpu", 3.0)[0]
+    assert uncapped.verdict == "ok"  # what the gate did before the cap
+    assert (capped.verdict, capped.tolerance) == ("regressed", 0.5)
+    assert compare_figures(baseline, {"frame_ms_median": {"value": 14.0, "cv": 0.6}}, tol, "cpu", 3.0)[0].verdict == "ok"
+
+
+def test_tolerances_may_name_a_figure():
+    tol = parse_tolerances(["time=5%", "cpu.time=10%", "cpu.prefill_ms=50%"])
+    from csm_conformance.perf_baselines import tolerance_for
+
+    assert tolerance_for(tol, "cpu", "time", "prefill_ms") == (0.5, 0.0)
+    assert tolerance_for(tol, "cpu", "time", "ttfa_ms") == (0.1, 0.0)
+    assert tolerance_for(tol, "cuda", "time", "prefill_ms") == (0.05, 0.0)
+
+
+def test_tiers_and_budgets():
+    tiers = load_tiers()
+    assert tiers["quick"].workloads == ("short_32t",) and tiers["quick"].modes == ("eager",)
+    assert len(tiers["full"].workloads) == 6 and set(tiers["full"].modes) == {"eager", "compiled"}
+    assert tier_selection(None, "quick", ["long_512t"], []) == (["long_512t"], ["eager"], None)
+    assert tier_selection(None, "quick", [], []) == (["short_32t"], ["eager"], (1, 4))
+    with pytest.raises(WorkloadError, match="unknown performance tier"):
+        tier_selection(None, "nightly", [], [])
+    assert (parse_budget("60,240s").max_pairs, parse_budget("60,240s").seconds) == (60, 240)
+    assert parse_budget("4m").seconds == 240 and parse_budget("30").max_pairs == 30
+
+
+# ---- the controller, with a fake worker -------------------------------------------------------
+FAKE = textwrap.dedent('''\
+    #!{python}
+    """A stand-in worker: frames of 20 ms x FAKE_SLOWDOWN (after side) with log-normal noise."""
+    import json, os, random, sys
+    slowdown = float(os.environ.get("FAKE_SLOWDOWN", "1"))
+    noise = float(os.environ.get("FAKE_NOISE", "0.05"))
+    fail = os.environ.get("FAKE_FAIL", "")
+    rng = None
+    side = None
+    for line in sys.stdin:
+        req = json.loads(line)
+        op = req["op"]
+        if op == "quit":
+            print(json.dumps({{"ok": True}}), flush=True); break
+        if op == "setup":
+            side = "after" if req["faults"] else "before"
+            rng = random.Random(int(os.environ.get("FAKE_SEED", "0")) * 2 + (side == "after"))
+            if fail in (side, "both"):
+                print(json.dumps({{"ok": False, "error": "ModelError: no model at /nowhere"}}), flush=True); continue
+            if fail == side + "-exit":
+                sys.exit(3)
+            reply = {{"identity": {{"key": "fake", "claim": "a fake worker"}}, "device": {{"device": "cpu", "type": "cpu", "name": "Fake",
+                     "fingerprint": "cpu|Fake|x1", "simulated": False}}, "dtype": "bfloat16",
+                     "versions": {{"python": "3", "torch": "0", "transformers": side}}, "fault_notes": req["faults"],
+                     "threads": 1, "pid": os.getpid(), "python": sys.executable, "load_s": 0.0}}
+        elif op == "prepare":
+            reply = {{"case": req["workload"], "mode_label": "eager", "warmup_wall_s": [], "digest": "x"}}
+        elif op == "round" and fail == side + "-round":
+            print(json.dumps({{"ok": False, "error": "PlantedFaultError: generation raised at frame 5"}}), flush=True); continue
+        elif op == "round" and fail == side + "-round-exit":
+            os._exit(9)
+        elif op == "round" and fail == side + "-round-hang":
+            import time; time.sleep(3600)
+        elif op == "round":
+            k = (slowdown if side == "after" else 1.0) * rng.lognormvariate(0, noise)
+            f = 0.020 * k
+            reply = {{"wall_s": 32 * f, "ttfa_s": 1.5 * f, "prefill_s": 0.5 * f, "frame_median_s": f, "frame_p90_s": 1.2 * f,
+                     "frames": 32, "batch": 1, "intervals_s": [f] * 31}}
+        elif op == "memory":
+            reply = {{"peak_bytes": 100 * 2**20, "method": "fake"}}
+        reply["ok"] = True
+        reply["seconds"] = 0.0
+        print(json.dumps(reply), flush=True)
+    ''')
+
+
+@pytest.fixture
+def fake_python(tmp_path) -> str:
+    path = tmp_path / "fake-python"
+    path.write_text(FAKE.format(python=PY))
+    path.chmod(0o755)
+    return str(path)
+
+
+def run_ab(tmp_path, monkeypatch, fake_python, *extra, slowdown=1.0, noise=0.05, fail=""):
+    monkeypatch.setenv("FAKE_SLOWDOWN", str(slowdown))
+    monkeypatch.setenv("FAKE_NOISE", str(noise))
+    monkeypatch.setenv("FAKE_FAIL", fail)
+    out = tmp_path / "ab"
+    args = ["--before", fake_python, "--after", fake_python, "--after-fault", "marker", "--workload", "short_32t", "--batch", "1",
+            "--output", str(out), *extra]
+    code = ab_main(args)
+    doc = json.loads((out / "ab.json").read_text()) if (out / "ab.json").exists() else None
+    return code, doc
+
+
+def test_same_speed_is_safe_and_stops_at_the_first_look(tmp_path, monkeypatch, fake_python, capsys):
+    code, doc = run_ab(tmp_path, monkeypatch, fake_python, "--tolerance", "time=5%", noise=0.01)
+    assert (code, doc["verdict"]) == (0, "SAFE")
+    case = doc["cases"][0]
+    assert case["pairs"] == 10 and all(f["pairs_used"] == 10 and f["decision"] == "SAFE" for f in case["figures"])
+    assert [r["order"] for r in case["rounds"][:4]] == ["AB", "BA", "AB", "BA"]  # ABBA
+    assert "## short_32t-b1-eager: SAFE" in (tmp_path / "ab" / "ab.md").read_text()
+
+
+def test_a_slower_candidate_is_regressed_with_its_ratio(tmp_path, monkeypatch, fake_python, capsys):
+    code, doc = run_ab(tmp_path, monkeypatch, fake_python, "--tolerance", "time=5%", slowdown=1.2)
+    assert (code, doc["verdict"]) == (1, "REGRESSED")
+    frame = next(f for f in doc["cases"][0]["figures"] if f["figure"] == "frame_ms_median")
+    assert frame["decision"] == "REGRESSED" and frame["low"] <= 1.2 <= frame["high"]
+    assert capsys.readouterr().out.splitlines()[-2].startswith("csm-conformance ab: REGRESSED (short_32t-b1-eager: frame_ms_median x1.")
+
+
+def test_an_undecidable_difference_is_inconclusive_when_the_budget_ends(tmp_path, monkeypatch, fake_python, capsys):
+    code, doc = run_ab(tmp_path, monkeypatch, fake_python, "--tolerance", "time=2%", "--budget", "12", slowdown=1.02, noise=0.3)
+    assert (code, doc["verdict"]) == (3, "INCONCLUSIVE")
+    assert doc["cases"][0]["pairs"] == 12 and "pair budget spent" in doc["cases"][0]["stop_reason"]
+
+
+@pytest.mark.parametrize("side, code, verdict", [("after", 1, "REGRESSED"), ("before", 3, "INCONCLUSIVE")])
+def test_a_stack_that_crashes_while_timing_is_judged_not_bad_input(tmp_path, monkeypatch, fake_python, capsys, side, code, verdict):
+    got, doc = run_ab(tmp_path, monkeypatch, fake_python, fail=f"{side}-round")
+    assert (got, doc["verdict"], doc["failure"]["side"]) == (code, verdict, side)
+    who = "candidate" if side == "after" else "current stack"
+    assert doc["reasons"][0] == f"short_32t-b1-eager: the {who} failed while timing: {side}: PlantedFaultError: generation raised at frame 5"
+
+
+@pytest.mark.parametrize("args, fail, message", [
+    (["--budget", "lots"], "", "--budget 'lots': use"),
+    (["--tolerance", "speed=5%"], "", "bad tolerance 'speed=5%'"),
+    (["--workload", "nope"], "", "unknown workload id 'nope'"),
+    (["--tier", "nightly"], "", "argument --tier: invalid choice"),
+    (["--budget", "4"], "", "--budget 4 pairs can never decide at alpha 0.05: use at least 6"),
+    (["--mode", "compiled", "--warmup", "0"], "", "--warmup must be >= 0, and >= 1 when compiled mode is timed"),
+    (["--output", "/proc/no/such/dir"], "", "--output /proc/no/such/dir: cannot write there"),
+    ([], "both", "before: ModelError: no model at /nowhere; after: ModelError: no model at /nowhere"),
+    (["--pin-cpu", "999"], "", "--pin-cpu 999: this process may use cores"),
+    (["--pin-cpu", "fast"], "", "--pin-cpu 'fast': use auto, none or a core number"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, fake_python, capsys, args, fail, message):
+    code, doc = run_ab(tmp_path, monkeypatch, fake_python, *args, fail=fail)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and doc is None
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("fail", ["after-round-exit", "after-round-hang"])
+def test_a_candidate_that_dies_or_hangs_while_timing_is_regressed(tmp_path, monkeypatch, fake_python, capsys, fail):
+    from csm_conformance.ab import workers
+
+    monkeypatch.setattr(workers, "DEFAULT_TIMEOUT_S", 3.0)
+    code, doc = run_ab(tmp_path, monkeypatch, fake_python, fail=fail)
+    assert (code, doc["verdict"]) == (1, "REGRESSED")
+    expected = "exited with code 9" if fail.endswith("exit") else "no reply to 'round' within 3 s: the worker was stopped"
+    assert expected in doc["reasons"][0], doc["reasons"]
+
+
+def test_a_candidate_that_cannot_load_what_the_current_stack_loads_is_regressed(tmp_path, monkeypatch, fake_python, capsys):
+    code, doc = run_ab(tmp_path, monkeypatch, fake_python, fail="after")
+    assert (code, doc["verdict"]) == (1, "REGRESSED")
+    assert doc["reasons"] == ["setup: the candidate could not set up: after: ModelError: no model at /nowhere"]
+    assert "**The after worker could not set up**" in (tmp_path / "ab" / "ab.md").read_text()
+
+
+def test_a_missing_interpreter_is_one_line(tmp_path, capsys):
+    code = ab_main(["--before", "/no/such/python", "--after", PY, "--output", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "csm-conformance ab: --before /no/such/python: no such interpreter"
+
+
+# ---- a real worker on the embedded model --------------------------------------------------------
+def test_a_planted_2x_slowdown_in_a_real_worker_is_regressed(tmp_path):
+    """Two real workers on the embedded model, the candidate slowed 100 % per frame (spin-wait):
+    REGRESSED at the first look, with the frame ratio near 2. Run from outside the repository,
+    as `python -m csm_conformance.ab`, the documented command."""
+    out = tmp_path / "ab"
+    proc = subprocess.run([PY, "-m", "csm_conformance.ab", "--before", PY, "--after", PY, "--workload", "short_32t", "--batch", "1",
+                           "--tolerance", "time=5%", "--after-fault", "slowdown:1.0", "--budget", "10", "--output", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = json.loads((out / "ab.json").read_text())
+    frame = next(f for f in doc["cases"][0]["figures"] if f["figure"] == "frame_ms_median")
+    assert frame["decision"] == "REGRESSED" and 1.6 < frame["ratio"] < 2.8, frame
+    assert doc["after"]["fault_notes"] and not doc["before"]["fault_notes"]
+    assert "NOT a real-weight result" in (out / "ab.md").read_text()
