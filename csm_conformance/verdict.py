@@ -361,7 +361,9 @@ def to_markdown(v: Verdict) -> str:
     for pkg in dict.fromkeys([*b.versions, *a.versions]):
         old, new = b.versions.get(pkg, "-"), a.versions.get(pkg, "-")
         lines.append(f"| {pkg} | {old} | {new}{' (changed)' if old != new else ''} |")
-    why = v.reasons or ["every test that passed before passes after, and no gated figure got worse beyond its tolerance"]
+    why = v.reasons or ["every test that passed before passes after, and " + (
+        "every A/B figure's interval lies below 1 + its tolerance" if v.performance_method == "ab"
+        else "no gated figure got worse beyond its tolerance")]
     lines += ["", "## Why", ""] + [f"- {r}" for r in why]
     lines += [f"- {n}" for n in v.notes]
     if v.accuracy:
