@@ -260,15 +260,8 @@ class PerformanceRun:
         }
 
     def _peak_memory(self, memory: devices.PeakMemory) -> float:
-        """Accelerators: the allocator's peak (weights, caches, activations). The CPU has no allocator
-        statistic and its process holds other things (the float32 reference, Python), so the figure
-        is the device model's weights plus what the round's resident set grew by: the same quantity."""
-        if not memory.is_cpu:
-            return float(memory.peak_bytes) if memory.peak_bytes is not None else float("nan")
-        model = self.session.target.model
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        weights += sum(b.numel() * b.element_size() for b in model.buffers())
-        return float(weights + max(0, memory.growth_bytes or 0))
+        peak = timing.peak_memory_bytes(memory, self.session.target.model)
+        return float(peak) if peak is not None else float("nan")
 
     def time_load(self, benchmark) -> PerfResult:
         session = self.session

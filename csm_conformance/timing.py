@@ -133,6 +133,17 @@ def generation_mode(loaded: LoadedModel, mode: str):
             config.cache_implementation, config.compile_config = cache, compiled
 
 
+def peak_memory_bytes(memory: devices.PeakMemory, model) -> int | None:
+    """The gated peak-memory figure of a measured region. Accelerators: the allocator's peak
+    (weights, caches, activations). The CPU has no allocator statistic and its process holds other
+    things (a float32 reference, Python), so the figure is the model's weights plus what the
+    region's resident set grew by: the same quantity. None when the device reports no peak."""
+    if not memory.is_cpu:
+        return memory.peak_bytes
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return weights + max(0, memory.growth_bytes or 0)
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

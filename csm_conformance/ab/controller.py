@@ -75,6 +75,12 @@ class CaseResult:
                 "memory": self.memory, "warmup": self.warmup, "rounds": self.pairs}
 
 
+def _judge(fig: FigureResult, pairs: list[dict], level_alpha: float) -> str:
+    """The figure's interval over every pair so far, and what it decides (undecided included)."""
+    fig.interval = stats.ratio_interval([log_slowdown(fig.name, p["before"][fig.name], p["after"][fig.name]) for p in pairs], level_alpha)
+    return stats.decide(fig.interval, fig.tolerance)
+
+
 def _alpha_per_look(alpha: float, max_pairs: int) -> float:
     return alpha / len(stats.look_schedule(max_pairs))
 
@@ -119,9 +125,7 @@ def _pairs(result: CaseResult, case, sides, budget_pairs: int, seconds: float, a
             for fig in result.figures.values():
                 if fig.decision != "undecided":
                     continue
-                fig.interval = stats.ratio_interval([log_slowdown(fig.name, p["before"][fig.name], p["after"][fig.name])
-                                                     for p in result.pairs], level_alpha)
-                fig.decision = stats.decide(fig.interval, fig.tolerance)
+                fig.decision = _judge(fig, result.pairs, level_alpha)
                 if fig.decision != "undecided":
                     fig.decided_at = n
             undecided = [f.name for f in result.figures.values() if f.decision == "undecided"]
@@ -142,11 +146,9 @@ def _pairs(result: CaseResult, case, sides, budget_pairs: int, seconds: float, a
             break
     for fig in result.figures.values():  # the last interval, at whatever count the budget ended on
         if fig.decision == "undecided":
-            fig.interval = stats.ratio_interval([log_slowdown(fig.name, p["before"][fig.name], p["after"][fig.name]) for p in result.pairs],
-                                                level_alpha)
             # a stop before the schedule's last look leaves that look unspent: deciding here keeps
             # the number of looks within the planned count, so the Bonferroni level still holds
-            decision = stats.decide(fig.interval, fig.tolerance)
+            decision = _judge(fig, result.pairs, level_alpha)
             fig.decision = decision if decision != "undecided" else "INCONCLUSIVE"
             if fig.decision != "INCONCLUSIVE":
                 fig.decided_at = len(result.pairs)

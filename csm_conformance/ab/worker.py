@@ -109,13 +109,7 @@ class Worker:
 
         with devices.PeakMemory(self.loaded.device) as memory:
             timing.generate_round(self.loaded, self.inputs, self.case.workload.frames, self.seed)
-        if not memory.is_cpu:
-            peak = memory.peak_bytes
-        else:
-            model = self.loaded.model
-            weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-            peak = weights + max(0, memory.growth_bytes or 0)
-        return {"peak_bytes": peak, "method": memory.method}
+        return {"peak_bytes": timing.peak_memory_bytes(memory, self.loaded.model), "method": memory.method}
 
 
 def serve(stdin=None, out=None) -> int:
