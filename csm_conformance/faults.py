@@ -38,7 +38,7 @@ import time
 
 import torch
 
-from . import devices
+from . import clock, devices
 
 
 class FaultError(ValueError):
@@ -227,22 +227,27 @@ def _positions(output) -> int | None:
     return int(hidden.shape[1]) if torch.is_tensor(hidden) and hidden.dim() >= 2 else None
 
 
-def _per_frame_slowdown(model: torch.nn.Module, fraction: float) -> None:
+def _per_frame_slowdown(model: torch.nn.Module, fraction: float, every_other: bool = False):
     """Each decode frame waits `fraction` of its own duration: the time from the end of the
     previous backbone call to the end of this one (the depth decoder's 31 steps, then this
     backbone step). A prefill (more than one position) starts a generation and waits nothing, so
-    the gap between two rounds, or the set-up before the first, is never counted as a frame."""
-    state = {"last": None}
+    the gap between two rounds, or the set-up before the first, is never counted as a frame.
+    `every_other`: only the 1st, 3rd, ... decode call of a generation waits (ab/planted.py)."""
+    state = {"last": None, "calls": 0}
     device = str(next(model.parameters()).device)
 
     def hook(_module, _inputs, output):
         devices.synchronize(device)
-        now = time.perf_counter()
+        now = clock.now()  # less any wait for the other side's turn (frame-interleaved A/B)
         if _positions(output) == 1 and state["last"] is not None:
-            _wait(fraction * (now - state["last"]))
-        state["last"] = time.perf_counter()
+            state["calls"] += 1
+            if not every_other or state["calls"] % 2 == 1:
+                _wait(fraction * (now - state["last"]))
+        else:
+            state["calls"] = 0
+        state["last"] = clock.now()
 
-    model.backbone_model.register_forward_hook(hook)
+    return model.backbone_model.register_forward_hook(hook)
 
 
 def _transient_sleep(model: torch.nn.Module, seconds: float, generations: int) -> None:

@@ -9,13 +9,12 @@ first backbone call, which a one-shot forward hook marks after one synchronize.
 from __future__ import annotations
 
 import statistics
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from . import devices, probes
+from . import clock, devices, probes
 from .models import LoadedModel
 from .workloads import PerfCase
 
@@ -30,11 +29,17 @@ class EarlyStop(RuntimeError):
 
 
 class FrameClock(BaseStreamer):
-    def __init__(self) -> None:
+    """`on_put`, if given, runs after each stamp: the frame-interleaved A/B hands the turn to the
+    other side there (its wait is taken out of the clock, see clock.py)."""
+
+    def __init__(self, on_put=None) -> None:
         self.stamps: list[float] = []
+        self.on_put = on_put
 
     def put(self, value) -> None:
-        self.stamps.append(time.perf_counter())
+        self.stamps.append(clock.now())
+        if self.on_put is not None:
+            self.on_put()
 
     def end(self) -> None:
         pass
@@ -61,7 +66,7 @@ class PrefillMark:
 
     def _hook(self, _module, _inputs, _output) -> None:
         devices.synchronize(self.loaded.device)
-        self.stamp = time.perf_counter()
+        self.stamp = clock.now()
         self._handle.remove()
 
     def __enter__(self) -> "PrefillMark":
@@ -88,19 +93,20 @@ def workload_inputs(loaded: LoadedModel, case: PerfCase):
 
 
 @torch.inference_mode()
-def generate_round(loaded: LoadedModel, inputs, frames: int, seed: int) -> RoundTiming:
+def generate_round(loaded: LoadedModel, inputs, frames: int, seed: int, on_put=None) -> RoundTiming:
     """One seeded, fixed-length generation, timed from the call to the device being idle again.
 
     The caller synchronizes before calling, so the host clock starts with an idle device.
+    `on_put` runs after each frame's stamp (FrameClock).
     """
     torch.manual_seed(seed)
-    clock = FrameClock()
+    frame_clock = FrameClock(on_put)
     with PrefillMark(loaded) as prefill:
-        start = time.perf_counter()
-        probes.sample_fixed_length(loaded, inputs, frames, output_audio=False, streamer=clock)
+        start = clock.now()
+        probes.sample_fixed_length(loaded, inputs, frames, output_audio=False, streamer=frame_clock)
         devices.synchronize(loaded.device)
-        end = time.perf_counter()
-    stamps = clock.frame_stamps(frames)
+        end = clock.now()
+    stamps = frame_clock.frame_stamps(frames)
     intervals = [b - a for a, b in zip(stamps, stamps[1:])]
     prefill_s = (prefill.stamp - start) if prefill.stamp is not None else float("nan")
     return RoundTiming(end - start, stamps[0] - start, prefill_s, intervals)

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..perf_baselines import tolerance_for
-from . import stats
+from . import stats, workers
 from .figures import FIGURES, figures_for, log_slowdown, round_figures
 from .workers import WorkerError, WorkerProcess
 
@@ -86,15 +86,16 @@ def _alpha_per_look(alpha: float, max_pairs: int) -> float:
 
 
 def run_case(case, sides: dict[str, WorkerProcess], tolerances: dict, device_type: str, budget_pairs: int, seconds: float,
-             alpha: float, warmup: int, memory_rounds: int, progress=print) -> CaseResult:
+             alpha: float, warmup: int, memory_rounds: int, progress=print, pipes: workers.TurnPipes | None = None) -> CaseResult:
     """Warm both workers up on the case, then pairs until every figure is decided, one regressed, or
-    the budget (pairs, and `seconds` of pairs: warm-ups and compiles are not counted) ends. A worker
-    that fails raises WorkerError carrying what was measured so far (`partial`)."""
+    the budget (pairs, and `seconds` of pairs: warm-ups and compiles are not counted) ends. With
+    `pipes`, each pair's two rounds run frame-interleaved (turns.py), else one after the other. A
+    worker that fails raises WorkerError carrying what was measured so far (`partial`)."""
     names = figures_for(case.batch)
     result = CaseResult(case.id, case.workload.id, case.batch, case.mode,
                         {n: FigureResult(n, tolerance_for(tolerances, device_type, "time", n)[0]) for n in names})
     try:
-        _pairs(result, case, sides, budget_pairs, seconds, alpha, warmup, progress)
+        _pairs(result, case, sides, budget_pairs, seconds, alpha, warmup, progress, pipes)
         result.memory = _memory(sides, tolerances, device_type, memory_rounds)
     except WorkerError as exc:
         exc.partial = result
@@ -102,7 +103,20 @@ def run_case(case, sides: dict[str, WorkerProcess], tolerances: dict, device_typ
     return result
 
 
-def _pairs(result: CaseResult, case, sides, budget_pairs: int, seconds: float, alpha: float, warmup: int, progress) -> None:
+def _pair(sides: dict[str, WorkerProcess], order: tuple[str, str], pipes: workers.TurnPipes | None) -> dict[str, dict]:
+    """One round per side: `order[0]` first, then the other; or, with `pipes`, both at once taking
+    turns frame by frame, `order[0]` starting."""
+    if pipes is None:
+        return {label: sides[label].request("round") for label in order}
+    turn_timeout_s = workers.DEFAULT_TIMEOUT_S / 2  # a side's wait gives up first, and says whom it waited for
+    for label in order:
+        sides[label].send("round", turns={"timeout_s": turn_timeout_s})
+    pipes.give_first_turn(order[0])
+    return workers.receive_both(sides, turn_timeout_s)
+
+
+def _pairs(result: CaseResult, case, sides, budget_pairs: int, seconds: float, alpha: float, warmup: int, progress,
+           pipes: workers.TurnPipes | None) -> None:
     for label in ("before", "after"):
         sides[label].send("prepare", workload=case.workload.id, batch=case.batch, mode=case.mode, warmup=warmup)
     for label in ("before", "after"):  # both prepared at once: warm-ups and compiles are not timed
@@ -115,8 +129,7 @@ def _pairs(result: CaseResult, case, sides, budget_pairs: int, seconds: float, a
     while True:
         order = ("before", "after") if len(result.pairs) % 2 == 0 else ("after", "before")  # A B | B A | A B ...
         pair = {"order": "AB" if order[0] == "before" else "BA"}
-        for label in order:
-            reply = sides[label].request("round")
+        for label, reply in _pair(sides, order, pipes).items():
             pair[label] = round_figures(reply)
             pair[f"{label}_intervals_ms"] = [round(x * 1e3, 3) for x in reply["intervals_s"]]
         result.pairs.append(pair)

@@ -19,6 +19,8 @@ import os
 import sys
 import time
 
+from . import turns
+
 
 def _protocol_stream():
     """The original stdout, for replies; fd 1 now goes to stderr."""
@@ -38,6 +40,7 @@ class Worker:
         self.inputs = None
         self.mode_stack = contextlib.ExitStack()
         self.seed = 0
+        self.turns = turns.from_environment()
 
     # ---- requests ---------------------------------------------------------------------------
     def setup(self, model: str, device: str, dtype: str, faults: list[str], threads: int | None, seed: int,
@@ -93,12 +96,24 @@ class Worker:
             walls.append(timing.generate_round(self.loaded, self.inputs, self.case.workload.frames, self.seed).wall_s)
         return {"case": self.case.id, "mode_label": label, "warmup_wall_s": walls, "digest": self.case.workload.digest}
 
-    def round(self) -> dict:
+    def round(self, turns: dict | None = None) -> dict:
+        """One timed round; with `turns` ({"timeout_s": ...}) frame-interleaved with the other
+        worker (turns.py): it starts when the turn comes and hands it over at every frame."""
         from .. import devices, timing
 
         devices.synchronize(self.loaded.device)
-        r = timing.generate_round(self.loaded, self.inputs, self.case.workload.frames, self.seed)
-        return {"wall_s": r.wall_s, "ttfa_s": r.ttfa_s, "prefill_s": r.prefill_s,
+        on_put = None
+        if turns is not None:
+            if self.turns is None:
+                raise RuntimeError("frame interleaving was asked for, but the controller passed no turn pipes (CSM_AB_TURN_FDS)")
+            self.turns.begin(float(turns["timeout_s"]))
+            on_put = self.turns.hand_over
+        try:
+            r = timing.generate_round(self.loaded, self.inputs, self.case.workload.frames, self.seed, on_put=on_put)
+        finally:
+            if turns is not None:
+                self.turns.finish()
+        return {"handovers": self.turns.handovers if turns is not None else 0,"wall_s": r.wall_s, "ttfa_s": r.ttfa_s, "prefill_s": r.prefill_s,
                 "frame_median_s": timing.median(r.frame_intervals_s), "frame_p90_s": timing.percentile(r.frame_intervals_s, 90),
                 "frames": self.case.workload.frames, "batch": self.case.batch, "intervals_s": r.frame_intervals_s}
 

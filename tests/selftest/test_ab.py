@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -107,6 +108,7 @@ FAKE = textwrap.dedent('''\
     fail = os.environ.get("FAKE_FAIL", "")
     rng = None
     side = None
+    rounds = 0
     for line in sys.stdin:
         req = json.loads(line)
         op = req["op"]
@@ -125,17 +127,27 @@ FAKE = textwrap.dedent('''\
                      "threads": 1, "pid": os.getpid(), "python": sys.executable, "load_s": 0.0}}
         elif op == "prepare":
             reply = {{"case": req["workload"], "mode_label": "eager", "warmup_wall_s": [], "digest": "x"}}
-        elif op == "round" and fail == side + "-round":
-            print(json.dumps({{"ok": False, "error": "PlantedFaultError: generation raised at frame 5"}}), flush=True); continue
-        elif op == "round" and fail == side + "-round-exit":
-            os._exit(9)
-        elif op == "round" and fail == side + "-round-hang":
-            import time; time.sleep(3600)
         elif op == "round":
+            rounds += 1
+            token = None
+            if req.get("turns"):  # frame-interleaved (turns.py): wait for the turn; hand it back as done
+                import select
+                r, w = map(int, os.environ["CSM_AB_TURN_FDS"].split(","))
+                if not select.select([r], [], [], req["turns"]["timeout_s"])[0]:
+                    print(json.dumps({{"ok": False, "error": "TurnTimeout: the other side did not hand the turn back"}}), flush=True); continue
+                token = os.read(r, 1)
+            if fail == side + "-round-exit":
+                os._exit(9)
+            if fail == side + "-round-hang" or (fail == side + "-round2-hang" and rounds == 2):
+                import time; time.sleep(3600)
+            if token == b"t":
+                os.write(w, b"d")
+            if fail == side + "-round":
+                print(json.dumps({{"ok": False, "error": "PlantedFaultError: generation raised at frame 5"}}), flush=True); continue
             k = (slowdown if side == "after" else 1.0) * rng.lognormvariate(0, noise)
             f = 0.020 * k
             reply = {{"wall_s": 32 * f, "ttfa_s": 1.5 * f, "prefill_s": 0.5 * f, "frame_median_s": f, "frame_p90_s": 1.2 * f,
-                     "frames": 32, "batch": 1, "intervals_s": [f] * 31}}
+                     "frames": 32, "batch": 1, "intervals_s": [f] * 31, "turns": bool(req.get("turns"))}}
         elif op == "memory":
             reply = {{"peak_bytes": 100 * 2**20, "method": "fake"}}
         reply["ok"] = True
@@ -164,9 +176,11 @@ def run_ab(tmp_path, monkeypatch, fake_python, *extra, slowdown=1.0, noise=0.05,
     return code, doc
 
 
-def test_same_speed_is_safe_and_stops_at_the_first_look(tmp_path, monkeypatch, fake_python, capsys):
-    code, doc = run_ab(tmp_path, monkeypatch, fake_python, "--tolerance", "time=5%", noise=0.01)
+@pytest.mark.parametrize("interleave", ["auto", "round"])
+def test_same_speed_is_safe_and_stops_at_the_first_look(tmp_path, monkeypatch, fake_python, capsys, interleave):
+    code, doc = run_ab(tmp_path, monkeypatch, fake_python, "--tolerance", "time=5%", "--interleave", interleave, noise=0.01)
     assert (code, doc["verdict"]) == (0, "SAFE")
+    assert doc["interleave"] == ("frame" if interleave == "auto" else "round")  # the fake is a CPU device
     case = doc["cases"][0]
     assert case["pairs"] == 10 and all(f["pairs_used"] == 10 and f["decision"] == "SAFE" for f in case["figures"])
     assert [r["order"] for r in case["rounds"][:4]] == ["AB", "BA", "AB", "BA"]  # ABBA
@@ -214,15 +228,23 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, fake_python, ca
     assert len(err.splitlines()) == 1 and message in err, err
 
 
-@pytest.mark.parametrize("fail", ["after-round-exit", "after-round-hang"])
-def test_a_candidate_that_dies_or_hangs_while_timing_is_regressed(tmp_path, monkeypatch, fake_python, capsys, fail):
+@pytest.mark.parametrize("interleave", ["frame", "round"])
+@pytest.mark.parametrize("fail, expected", [
+    ("after-round-exit", "exited with code 9"),
+    ("after-round-hang", "no reply to 'round' within 3 s: the worker was stopped"),
+    ("after-round2-hang", None),  # it hangs holding the turn (frame) or the round (round) of the BA pair
+])
+def test_a_candidate_that_dies_or_hangs_while_timing_is_regressed(tmp_path, monkeypatch, fake_python, capsys, interleave, fail, expected):
     from csm_conformance.ab import workers
 
     monkeypatch.setattr(workers, "DEFAULT_TIMEOUT_S", 3.0)
-    code, doc = run_ab(tmp_path, monkeypatch, fake_python, fail=fail)
-    assert (code, doc["verdict"]) == (1, "REGRESSED")
-    expected = "exited with code 9" if fail.endswith("exit") else "no reply to 'round' within 3 s: the worker was stopped"
+    started = time.monotonic()
+    code, doc = run_ab(tmp_path, monkeypatch, fake_python, "--interleave", interleave, fail=fail)
+    assert (code, doc["verdict"], doc["failure"]["side"]) == (1, "REGRESSED", "after"), doc["reasons"]
+    if expected is None:  # the current stack, waiting for the turn, gives up first and names whom it waited for
+        expected = "held its turn for more than 2 s" if interleave == "frame" else "no reply to 'round' within 3 s"
     assert expected in doc["reasons"][0], doc["reasons"]
+    assert time.monotonic() - started < 30
 
 
 def test_a_candidate_that_cannot_load_what_the_current_stack_loads_is_regressed(tmp_path, monkeypatch, fake_python, capsys):
@@ -251,5 +273,93 @@ def test_a_planted_2x_slowdown_in_a_real_worker_is_regressed(tmp_path):
     doc = json.loads((out / "ab.json").read_text())
     frame = next(f for f in doc["cases"][0]["figures"] if f["figure"] == "frame_ms_median")
     assert frame["decision"] == "REGRESSED" and 1.6 < frame["ratio"] < 2.8, frame
+    assert doc["interleave"] == "frame"  # the CPU default
     assert doc["after"]["fault_notes"] and not doc["before"]["fault_notes"]
     assert "NOT a real-weight result" in (out / "ab.md").read_text()
+
+
+# ---- frame interleaving -------------------------------------------------------------------------
+def test_a_handover_takes_the_other_sides_time_out_of_the_clock(monkeypatch):
+    """While the other side holds the turn (here 0.3 s, a stand-in partner thread), this side's
+    clock stands still, including when the scheduler switches away inside the write itself (on one
+    core it often does: planted here as 0.1 s more in each write); `d` lets it run alone."""
+    import os
+    import threading
+    import types
+
+    from csm_conformance import clock
+    from csm_conformance.ab import turns as turns_module
+    from csm_conformance.ab.turns import Turns
+
+    def preempted_write(fd, data):
+        written = os.write(fd, data)
+        time.sleep(0.1)
+        return written
+
+    monkeypatch.setattr(turns_module, "os", types.SimpleNamespace(write=preempted_write, read=os.read, environ=os.environ))
+
+    mine_r, mine_w = os.pipe()
+    theirs_r, theirs_w = os.pipe()
+
+    def partner():
+        for _ in range(2):
+            assert os.read(theirs_r, 1) == b"t"
+            time.sleep(0.3)  # the other side's frame
+            os.write(mine_w, b"t")
+        os.read(theirs_r, 1)
+        os.write(mine_w, b"d")
+
+    thread = threading.Thread(target=partner)
+    thread.start()
+    turns = Turns(mine_r, theirs_w)
+    os.write(mine_w, b"t")  # the controller's first turn
+    turns.begin(5.0)
+    t0, wall0 = clock.now(), time.perf_counter()
+    turns.hand_over()
+    turns.hand_over()
+    turns.hand_over()  # answered with d: from here on, alone
+    assert turns.alone and turns.handovers == 3
+    turns.hand_over()  # alone: returns at once
+    thread.join(5)
+    assert time.perf_counter() - wall0 > 0.55 and clock.now() - t0 < 0.05
+    turns.finish()  # already alone: writes nothing
+    assert not select_ready(theirs_r)
+    for fd in (mine_r, mine_w, theirs_r, theirs_w):
+        os.close(fd)
+
+
+def select_ready(fd) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_a_partner_that_never_hands_back_is_a_one_line_timeout():
+    import os
+
+    from csm_conformance.ab.turns import Turns, TurnTimeout
+
+    mine_r, mine_w = os.pipe()
+    theirs_r, theirs_w = os.pipe()
+    turns = Turns(mine_r, theirs_w)
+    os.write(mine_w, b"t")
+    turns.begin(0.2)
+    with pytest.raises(TurnTimeout, match="did not hand the turn back within 0 s"):
+        turns.hand_over()
+    assert turns.alone
+    for fd in (mine_r, mine_w, theirs_r, theirs_w):
+        os.close(fd)
+
+
+def test_the_planted_ratio_tool_measures_a_planted_2x():
+    """`python -m csm_conformance.ab.planted`: the reference ratio an A/B interval must hold. A
+    planted 100 % slowdown reads as about 2 (and an unknown workload is one line, exit 2)."""
+    proc = subprocess.run([PY, "-m", "csm_conformance.ab.planted", "--fraction", "1.0", "--rounds", "3"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "slowdown:1 plants" in x)
+    ratio = float(line.split(" plants x")[1].split()[0])
+    assert 1.6 < ratio < 2.8, line
+    bad = subprocess.run([PY, "-m", "csm_conformance.ab.planted", "--fraction", "0.1", "--workload", "nope"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["csm-conformance planted: unknown workload id 'nope'"], bad.stderr
