@@ -56,7 +56,9 @@ def to_markdown(doc: dict) -> str:
              + (f"; planted: {'; '.join(a['fault_notes'])}" if a["fault_notes"] else ""),
              f"- {doc['kind']}; tier {doc['tier']}; {doc['budget']}; per-look level {doc['level']:.4f} "
              f"(alpha {doc['alpha']} over {doc['looks']} planned looks); {doc['seconds']:.0f} s in all", "",
-             "Each pair is one round on each stack, back to back, in ABBA order. Ratio: Hodges-Lehmann estimate of"
+             ("Each pair is one round on each stack, run at once taking turns frame by frame (each side's waits taken out of its"
+              " clock), the starting side in ABBA order." if doc.get("interleave") == "frame" else
+              "Each pair is one round on each stack, back to back, in ABBA order.") + " Ratio: Hodges-Lehmann estimate of"
              " candidate / current (> 1 is slower; throughput inverted), interval: Wilcoxon signed-rank at the per-look level."
              " REGRESSED: the whole interval above 1 + tolerance; SAFE: below it.", ""]
     if doc.get("failure"):

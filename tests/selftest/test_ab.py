@@ -184,7 +184,9 @@ def test_same_speed_is_safe_and_stops_at_the_first_look(tmp_path, monkeypatch, f
     case = doc["cases"][0]
     assert case["pairs"] == 10 and all(f["pairs_used"] == 10 and f["decision"] == "SAFE" for f in case["figures"])
     assert [r["order"] for r in case["rounds"][:4]] == ["AB", "BA", "AB", "BA"]  # ABBA
-    assert "## short_32t-b1-eager: SAFE" in (tmp_path / "ab" / "ab.md").read_text()
+    md = (tmp_path / "ab" / "ab.md").read_text()
+    assert "## short_32t-b1-eager: SAFE" in md
+    assert ("taking turns frame by frame" in md) == (interleave == "auto") and ("back to back" in md) == (interleave == "round")
 
 
 def test_a_slower_candidate_is_regressed_with_its_ratio(tmp_path, monkeypatch, fake_python, capsys):
