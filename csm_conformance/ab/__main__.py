@@ -1,5 +1,5 @@
 """python -m csm_conformance.ab: is the candidate stack slower than the current one, by how much,
-and how sure are we? (paired, interleaved A/B; docs/performance.md explains the method)
+and how sure are we? (paired, interleaved A/B; docs/ab.md explains the method)
 
 Usage: python -m csm_conformance.ab --before PYTHON --after PYTHON [--workload ID ...] [--tier quick|full]
            [--tolerance time=5%] [--budget 60,240s] [--after-fault SPEC] [--device D] [--model M] --output DIR
@@ -186,9 +186,9 @@ def interleave_mode(spec: str, device_type: str) -> str:
 
 
 def _compare(sides, setups, args, budget: Budget, tolerances: dict, cases: list, out: Path,
-             pipes: TurnPipes) -> tuple[list[dict], dict | None]:
+             frame_pipes: TurnPipes | None) -> tuple[list[dict], dict | None]:
+    """Every case in turn; `frame_pipes` when pairs are frame-interleaved, else None."""
     device_type = setups["after"]["device"]["type"]
-    frame_pipes = pipes if interleave_mode(args.interleave, device_type) == "frame" else None
     results, spent = [], 0.0
     for i, case in enumerate(cases):
         share = (budget.seconds - spent) / (len(cases) - i)
@@ -215,12 +215,13 @@ def main(argv: list[str] | None = None) -> int:
             sides[label] = WorkerProcess(label, pythons[label], out / f"worker-{label}.log", turn_fds=pipes.worker_fds(label))
         pipes.started()
         setups, failure = _setup(sides, args, pythons)
+        interleave = interleave_mode(args.interleave, setups["after"]["device"]["type"])
         results = []
         if failure is None:
             a = setups["after"]
             print(f"csm-conformance ab: {_kind(setups)}; model {a['identity']['key']} on {a['device']['device']} ({a['device']['name']}); "
                   f"{len(cases)} case(s), {budget.describe()}", flush=True)
-            results, failure = _compare(sides, setups, args, budget, tolerances, cases, out, pipes)
+            results, failure = _compare(sides, setups, args, budget, tolerances, cases, out, pipes if interleave == "frame" else None)
     except (BadInput, ValueError, WorkloadError, WorkerError) as exc:
         print(f"csm-conformance ab: {exc}", file=sys.stderr)
         return BAD_INPUT
@@ -231,17 +232,16 @@ def main(argv: list[str] | None = None) -> int:
             pipes.close()
     b, a = setups["before"], setups["after"]
     looks = len(stats.look_schedule(budget.max_pairs))
-    meta_interleave = interleave_mode(args.interleave, a["device"]["type"])
     meta = {
         "kind": _kind(setups),
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": a["identity"], "device": a["device"], "dtype": args.dtype,
         "before": {k: b.get(k) for k in ("python", "versions", "fault_notes", "threads", "cpus", "load_s")},
         "after": {k: a.get(k) for k in ("python", "versions", "fault_notes", "threads", "cpus", "load_s")},
-        "interleave": meta_interleave,
+        "interleave": interleave,
         "tier": args.tier, "budget": budget.describe(), "tolerances": tolerances, "alpha": args.alpha,
         "looks": looks, "look_schedule": stats.look_schedule(budget.max_pairs), "level": 1 - args.alpha / looks,
-        "method": f"paired rounds in ABBA order ({'frame-interleaved' if meta_interleave == 'frame' else 'one after the other'}); "
+        "method": f"paired rounds in ABBA order ({'frame-interleaved' if interleave == 'frame' else 'one after the other'}); "
                   "Hodges-Lehmann ratio with a Wilcoxon signed-rank interval of the log-ratios, "
                   "Bonferroni over the planned looks (alpha per figure)",
         "seconds": time.perf_counter() - started,

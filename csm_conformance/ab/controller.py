@@ -1,5 +1,6 @@
-"""The paired, interleaved A/B comparison: two workers, one per stack, alternated round by round
-(ABBA) on the same fixed-length seeded workloads, each figure decided by an interval of its
+"""The paired, interleaved A/B comparison: two workers, one per stack, one round each per pair on
+the same fixed-length seeded workloads (frame by frame in turns, or one after the other; who starts
+alternates ABBA), each figure decided by an interval of its
 paired ratios, adding pairs until every figure is decided, one has regressed (the case's decision
 can no longer change), or the budget is spent."""
 

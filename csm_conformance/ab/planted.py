@@ -41,13 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     from .. import devices, timing
     from ..faults import _per_frame_slowdown
     from ..synthesis import ConformanceError, load
-    from ..workloads import PerfCase, WorkloadError, load_workloads
+    from ..workloads import WorkloadError, load_workloads, perf_cases
 
     try:
-        workloads = {w.id: w for w in load_workloads(None)}
-        if args.workload not in workloads:
-            raise WorkloadError(f"unknown workload id '{args.workload}'")
-        workload = workloads[args.workload]
+        (case,) = perf_cases(load_workloads(None), ["eager"], [args.workload], (1,))
         loaded, device = load(args.model, args.device, args.dtype)
     except (ConformanceError, WorkloadError) as exc:
         print(f"csm-conformance planted: {exc}", file=sys.stderr)
@@ -56,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
-    inputs = timing.workload_inputs(loaded, PerfCase(workload, 1, "eager"))
+    workload = case.workload
+    inputs = timing.workload_inputs(loaded, case)
     ratios: dict[float, list[float]] = {f: [] for f in args.fraction}
     devices.synchronize(loaded.device)
     timing.generate_round(loaded, inputs, workload.frames, 0)  # warm-up

@@ -1,9 +1,9 @@
 """The interval behind every A/B decision: Hodges-Lehmann estimate and Wilcoxon signed-rank
 confidence interval of the paired log-ratios, at a level corrected for looking more than once.
 
-Why this statistic. Each pair is one round of the current stack and one of the candidate, run back
-to back on the same fixed-length seeded work; d = log(candidate / current) removes the machine's
-speed of the moment, which both rounds share. What is left is interference that hits one round of
+Why this statistic. Each pair is one round of the current stack and one of the candidate, on the
+same fixed-length seeded work, timed in the same second (frame by frame in turns, or back to back);
+d = log(candidate / current) removes the machine's speed of the moment, which both rounds share. What is left is interference that hits one round of
 a pair and not the other. Under ABBA interleaving it hits the candidate's round as often as the
 current's, so d is distributed symmetrically around the true log-ratio, with heavy tails (one
 round of a pair slowed 3x by another process). The signed-rank interval needs exactly that

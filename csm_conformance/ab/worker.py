@@ -113,7 +113,7 @@ class Worker:
         finally:
             if turns is not None:
                 self.turns.finish()
-        return {"handovers": self.turns.handovers if turns is not None else 0,"wall_s": r.wall_s, "ttfa_s": r.ttfa_s, "prefill_s": r.prefill_s,
+        return {"wall_s": r.wall_s, "ttfa_s": r.ttfa_s, "prefill_s": r.prefill_s,
                 "frame_median_s": timing.median(r.frame_intervals_s), "frame_p90_s": timing.percentile(r.frame_intervals_s, 90),
                 "frames": self.case.workload.frames, "batch": self.case.batch, "intervals_s": r.frame_intervals_s}
 

@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .turns import TURN
+
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent.parent  # the directory holding csm_conformance/
 REPLY_TIMEOUT_S = {"setup": 1800.0, "prepare": 3600.0}  # loads and compiles; every other request:
 DEFAULT_TIMEOUT_S = 900.0
@@ -136,7 +138,7 @@ class TurnPipes:
         self.before_r = self.after_r = -1
 
     def give_first_turn(self, label: str) -> None:
-        os.write(self.before_w if label == "before" else self.after_w, b"t")
+        os.write(self.before_w if label == "before" else self.after_w, TURN)
 
     def close(self) -> None:
         for fd in (self.before_r, self.after_r, self.before_w, self.after_w):
