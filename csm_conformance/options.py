@@ -61,6 +61,8 @@ OPTIONS = [
     Option("--csm-perf-noise-factor", "CSM_PERF_NOISE_FACTOR", 3.0, "a tolerance is widened to this many coefficients of variation of its figure", "float"),
     Option("--csm-perf-noise-cap", "CSM_PERF_NOISE_CAP", 0.5,
            "the most noise may widen a tolerance to (a fraction; a configured tolerance above it applies as set)", "float"),
+    Option("--csm-host-reference", "CSM_HOST_REFERENCE", "auto",
+           "compare time figures in units of a host-speed probe timed between frames: auto (the CPU only), on, off"),
     Option("--csm-perf-tier", "CSM_PERF_TIER", "quick",
            "workloads and modes timed when --csm-workload / --csm-perf-modes are not given: quick (plain pytest) or full (nightly)"),
     Option("--csm-memory-bandwidth", "CSM_MEMORY_BANDWIDTH", 0.0,
@@ -158,6 +160,8 @@ def settings_from(cli: dict, environ: dict | None = None, ini: dict | None = Non
         parse_tolerances(settings.csm_perf_tolerance)
     except ValueError as exc:
         raise OptionError(str(exc)) from None
+    if settings.csm_host_reference not in ("auto", "on", "off"):
+        raise OptionError(f"--csm-host-reference must be auto, on or off, got '{settings.csm_host_reference}'")
     if not 0 <= settings.csm_perf_noise_cap < 100:
         raise OptionError(f"--csm-perf-noise-cap must be a fraction >= 0, got {settings.csm_perf_noise_cap}")
     if settings.csm_perf_noise_factor < 0 or settings.csm_memory_bandwidth < 0:

@@ -14,6 +14,10 @@ baseline's and today's rounds. A gate below its own noise would only generate fa
 noise may widen a tolerance only up to `noise_cap` (50 % by default): on a loaded 2-core machine
 the CV once widened a time tolerance to +178 %, and a planted 2.5x slowdown passed. A regression
 that large is never noise; a configured tolerance above the cap still applies as set.
+
+A time figure is compared in host units where the host-speed probe applies (host_speed.py; the
+CPU by default): a shared VM drifts by tens of percent within an hour, and a baseline from a fast
+hour would otherwise fail clean runs in a slow one.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import host_speed
 from .bounds import BaselineError, read_baseline_json
 
 SCHEMA = 1
@@ -100,21 +105,24 @@ class Comparison:
     configured: float
     noise: float  # noise_factor * max cv
     verdict: str  # ok | regressed | improved
+    host_factor: float | None = None  # host slower now than at the baseline by this; `change` is corrected by it
 
     @property
     def widened(self) -> bool:
         return self.tolerance > self.configured
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("metric", "baseline", "now", "change", "tolerance", "configured", "noise", "verdict")}
+        return {k: getattr(self, k) for k in ("metric", "baseline", "now", "change", "tolerance", "configured", "noise", "verdict", "host_factor")}
 
 
 NOISE_CAP = 0.5
 
 
 def compare_figures(baseline: dict, now: dict, tolerances: dict[str, tuple[float, float]], device_type: str, noise_factor: float,
-                    noise_cap: float = NOISE_CAP) -> list[Comparison]:
-    """Compare today's gated figures with the baseline's; figures either side lacks are skipped."""
+                    noise_cap: float = NOISE_CAP, host_correction: bool = False) -> list[Comparison]:
+    """Compare today's gated figures with the baseline's; figures either side lacks are skipped.
+    `host_correction`: a time figure that both sides timed with the host-speed probe is compared
+    in host units (host_speed.py): today's value divided by how much slower the host is now."""
     rows = []
     for metric, (cls, better, _unit) in GATED.items():
         if metric not in baseline or metric not in now:
@@ -127,20 +135,24 @@ def compare_figures(baseline: dict, now: dict, tolerances: dict[str, tuple[float
         configured = max(rel, slack / b_value)  # memory figures are in MiB, as the slack is
         noise = noise_factor * max(float(b.get("cv", 0.0)), float(n.get("cv", 0.0)))
         tolerance = max(configured, min(noise, noise_cap))
-        change = (n_value - b_value) / b_value
+        host = host_speed.factor(b, n) if host_correction and cls == "time" else None
+        change = ((n_value / host if host else n_value) - b_value) / b_value
         worse = change if better == "lower" else -change
         verdict = "regressed" if worse > tolerance else "improved" if worse < -tolerance else "ok"
-        rows.append(Comparison(metric, b_value, n_value, change, tolerance, configured, noise, verdict))
+        rows.append(Comparison(metric, b_value, n_value, change, tolerance, configured, noise, verdict, host))
     return rows
 
 
 def comparison_table(rows: list[Comparison]) -> list[str]:
-    head = ["metric", "baseline", "now", "change", "tolerance", "verdict"]
+    corrected = any(r.host_factor for r in rows)
+    head = ["metric", "baseline", "now", *(["host now/then"] if corrected else []), "change", "tolerance", "verdict"]
     body = []
     for r in rows:
         unit = GATED[r.metric][2]
         tol = f"+{r.tolerance:.1%}" + (f" (noise; set {r.configured:.1%})" if r.widened else "")
-        body.append([r.metric, f"{r.baseline:.4g}{unit}", f"{r.now:.4g}{unit}", f"{r.change:+.1%}", tol, r.verdict.upper() if r.verdict != "ok" else "ok"])
+        host = [f"x{r.host_factor:.3f}" if r.host_factor else "-"] if corrected else []
+        body.append([r.metric, f"{r.baseline:.4g}{unit}", f"{r.now:.4g}{unit}", *host, f"{r.change:+.1%}", tol,
+                     r.verdict.upper() if r.verdict != "ok" else "ok"])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]

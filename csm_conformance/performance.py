@@ -22,7 +22,7 @@ import gc
 import math
 from dataclasses import dataclass, field
 
-from . import bandwidth, devices, timing
+from . import bandwidth, devices, host_speed, timing
 from .bounds import BaselineError
 from .perf_baselines import GATED, BaselineFile, Comparison, baseline_path, compare_figures, comparison_table, parse_tolerances
 from .workloads import PerfCase, Workload, load_workloads, perf_cases, tier_selection
@@ -82,13 +82,17 @@ def _figure(values: list[float], value: float | None = None) -> dict:
 
 def _best_of(measurements: list[dict]) -> dict:
     """Per figure, the best measurement (lowest: every gated figure is lower-is-better), with its
-    own CV; a NaN never wins over a number."""
+    own CV and host probe; a NaN never wins over a number. Figures that carry a host probe are
+    ranked in host units, as the gate compares them."""
     best = {}
     for name in measurements[0]:
         candidates = [m[name] for m in measurements if name in m]
         finite = [f for f in candidates if math.isfinite(f["value"])] or candidates
-        best[name] = dict(min(finite, key=lambda f: f["value"]) if GATED.get(name, ("", "lower"))[1] == "lower"
-                          else max(finite, key=lambda f: f["value"]))
+        if all(f.get("host_us") for f in finite):
+            key = lambda f: f["value"] / f["host_us"]  # noqa: E731
+        else:
+            key = lambda f: f["value"]  # noqa: E731
+        best[name] = dict(min(finite, key=key) if GATED.get(name, ("", "lower"))[1] == "lower" else max(finite, key=key))
     return best
 
 
@@ -114,6 +118,7 @@ class PerformanceRun:
         ids, modes, batches = tier_selection(settings.csm_workloads or None, settings.csm_perf_tier, settings.csm_workload, settings.csm_perf_modes)
         self.cases: list[PerfCase] = perf_cases(self.workloads, modes, ids, batches)
         self.tolerances = parse_tolerances(settings.csm_perf_tolerance)
+        self.host_correction = host_speed.applies(settings.csm_host_reference, session.device.type)
         self.results: list[PerfResult] = []
         self.benchmarks: list[dict] = []
         self._baselines: dict[str, BaselineFile | None] = {}
@@ -155,8 +160,11 @@ class PerformanceRun:
         if old_depth is not None and info.get("harness_stack_depth") not in (None, old_depth):
             result.messages.append(f"note: the harness call depth changed ({old_depth} -> {info['harness_stack_depth']} frames); "
                                    "CPython's frame-chunk boundary can shift Python-bound timings (see README)")
-        result.comparisons = compare_figures(entry["extra_info"]["figures"], figures, self.tolerances,
-                                             self.session.device.type, self.settings.csm_perf_noise_factor, self.settings.csm_perf_noise_cap)
+        result.comparisons = compare_figures(entry["extra_info"]["figures"], figures, self.tolerances, self.session.device.type,
+                                             self.settings.csm_perf_noise_factor, self.settings.csm_perf_noise_cap, self.host_correction)
+        host_note = self._host_note(entry["extra_info"]["figures"], figures, result.comparisons)
+        if host_note:
+            result.messages.append(host_note)
         regressed = [c for c in result.comparisons if c.verdict == "regressed"]
         improved = [c for c in result.comparisons if c.verdict == "improved"]
         if regressed:
@@ -168,6 +176,19 @@ class PerformanceRun:
             result.messages.insert(0, "improved: " + ", ".join(f"{c.metric} {c.change:+.1%}" for c in improved)
                                    + "; promote this run to make it the new baseline")
         return self._keep(result)
+
+    def _host_note(self, baseline: dict, now: dict, comparisons: list[Comparison]) -> str | None:
+        """What the host-speed correction did, so that a reader sees which numbers were compared."""
+        if not self.host_correction or not any(GATED[c.metric][0] == "time" for c in comparisons):
+            return None
+        factors = [c.host_factor for c in comparisons if c.host_factor]
+        if not factors:
+            return ("note: the baseline has no host-speed probe (promoted before it was recorded): time figures compared "
+                    "uncorrected; promote a new baseline to correct them for the host's speed")
+        probe = next(n["host_us"] for n in now.values() if n.get("host_us"))
+        then = next(b["host_us"] for b in baseline.values() if b.get("host_us"))
+        return (f"host-speed probe {probe:.0f} us now, {then:.0f} us at the baseline: time changes are corrected by "
+                f"x{factors[0]:.3f} (--csm-host-reference off to compare raw times)")
 
     def _keep(self, result: PerfResult) -> PerfResult:
         self.results.append(result)
@@ -188,15 +209,14 @@ class PerformanceRun:
         log: list[timing.RoundTiming] = []
         with timing.generation_mode(loaded, case.mode) as mode_label:
             benchmark.pedantic(
-                lambda: log.append(timing.generate_round(loaded, inputs, frames, SEED)),
+                lambda: log.append(timing.generate_round(loaded, inputs, frames, SEED, probe_host=self.host_correction)),
                 setup=lambda: devices.synchronize(device),
                 rounds=rounds, warmup_rounds=warmup, iterations=1,
             )
             with devices.PeakMemory(device) as memory:
                 timing.generate_round(loaded, inputs, frames, SEED)
             timed = log[warmup:]
-            stats = benchmark.stats.stats
-            walls = list(stats.data)
+            walls = [r.wall_s for r in timed]  # the clock's: a host probe's time is not in them
             figures = self._generation_figures(case, timed, walls, memory)
             judged = self.judge(case.id, case.mode, case.workload.digest, figures, {})
             self.results.pop()  # judge() kept it; it is judged again below, with any confirmations
@@ -206,14 +226,14 @@ class PerformanceRun:
                 again: list[timing.RoundTiming] = []
                 for _ in range(rounds):
                     devices.synchronize(device)
-                    again.append(timing.generate_round(loaded, inputs, frames, SEED))
+                    again.append(timing.generate_round(loaded, inputs, frames, SEED, probe_host=self.host_correction))
                 with devices.PeakMemory(device) as memory_again:
                     timing.generate_round(loaded, inputs, frames, SEED)
                 measurements.append(self._generation_figures(case, again, [r.wall_s for r in again], memory_again))
                 figures = _best_of(measurements)
                 judged = self.judge(case.id, case.mode, case.workload.digest, figures, {})
                 self.results.pop()
-        wall = float(stats.median)
+        wall = timing.median(walls)
         weights = bandwidth.weight_bytes_per_frame(loaded.model, loaded.dtype)
         bw, bw_source = bandwidth.device_bandwidth_gbps(self.session.device.name, self.settings.csm_memory_bandwidth)
         floor = bandwidth.floor_figures(weights["total"], figures["frame_ms_median"]["value"] / 1e3, bw)
@@ -250,14 +270,18 @@ class PerformanceRun:
         per_round_median = [timing.median(r.frame_intervals_s) for r in timed]
         per_round_p90 = [timing.percentile(r.frame_intervals_s, 90) for r in timed]
         ms = lambda xs: [x * 1e3 for x in xs]  # noqa: E731
-        return {
+        times = {
             "rtf": _figure([w / case.workload.audio_seconds for w in walls]),
             "ttfa_ms": _figure(ms([r.ttfa_s for r in timed])),
             "prefill_ms": _figure(ms([r.prefill_s for r in timed])),
             "frame_ms_median": {"value": timing.median(intervals) * 1e3, "cv": timing.cv(per_round_median)},
             "frame_ms_p90": {"value": timing.percentile(intervals, 90) * 1e3, "cv": timing.cv(per_round_p90)},
-            "peak_memory_mb": {"value": self._peak_memory(memory) / MIB, "cv": 0.0},
         }
+        probes = [r.host_us for r in timed if r.host_us is not None]
+        if probes:  # every time figure carries the host speed it was timed at (host_speed.py)
+            for figure in times.values():
+                figure["host_us"] = timing.median(probes)
+        return {**times, "peak_memory_mb": {"value": self._peak_memory(memory) / MIB, "cv": 0.0}}
 
     def _peak_memory(self, memory: devices.PeakMemory) -> float:
         peak = timing.peak_memory_bytes(memory, self.session.target.model)
@@ -305,6 +329,7 @@ class PerformanceRun:
                 "tolerances": self.tolerances,
                 "noise_factor": self.settings.csm_perf_noise_factor,
                 "noise_cap": self.settings.csm_perf_noise_cap,
+                "host_correction": self.host_correction,
                 "tier": self.settings.csm_perf_tier,
                 "strict": self.settings.csm_strict,
                 "baselines": {m: str(self.baseline_file(m)) for m in sorted({c.mode for c in self.cases} | {"load"})},

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import clock, devices, probes
+from . import clock, devices, host_speed, probes
 from .models import LoadedModel
 from .workloads import PerfCase
 
@@ -83,6 +83,7 @@ class RoundTiming:
     ttfa_s: float
     prefill_s: float
     frame_intervals_s: list[float]
+    host_us: float | None = None  # median host-speed probe of the round (host_speed.py), when probed
 
 
 def workload_inputs(loaded: LoadedModel, case: PerfCase):
@@ -93,14 +94,18 @@ def workload_inputs(loaded: LoadedModel, case: PerfCase):
 
 
 @torch.inference_mode()
-def generate_round(loaded: LoadedModel, inputs, frames: int, seed: int, on_put=None) -> RoundTiming:
+def generate_round(loaded: LoadedModel, inputs, frames: int, seed: int, on_put=None, probe_host: bool = False) -> RoundTiming:
     """One seeded, fixed-length generation, timed from the call to the device being idle again.
 
     The caller synchronizes before calling, so the host clock starts with an idle device.
-    `on_put` runs after each frame's stamp (FrameClock).
+    `on_put` runs after each frame's stamp (FrameClock). `probe_host`: time the host-speed probe
+    after each frame, out of the clock (host_speed.py).
     """
     torch.manual_seed(seed)
-    frame_clock = FrameClock(on_put)
+    probe = host_speed.HostProbe() if probe_host else None
+    if probe is not None and on_put is not None:
+        raise ValueError("generate_round: a host probe and a turn hand-over in one round are not combined")
+    frame_clock = FrameClock(probe or on_put)
     with PrefillMark(loaded) as prefill:
         start = clock.now()
         probes.sample_fixed_length(loaded, inputs, frames, output_audio=False, streamer=frame_clock)
@@ -109,7 +114,7 @@ def generate_round(loaded: LoadedModel, inputs, frames: int, seed: int, on_put=N
     stamps = frame_clock.frame_stamps(frames)
     intervals = [b - a for a, b in zip(stamps, stamps[1:])]
     prefill_s = (prefill.stamp - start) if prefill.stamp is not None else float("nan")
-    return RoundTiming(end - start, stamps[0] - start, prefill_s, intervals)
+    return RoundTiming(end - start, stamps[0] - start, prefill_s, intervals, probe.median_us() if probe else None)
 
 
 @contextmanager

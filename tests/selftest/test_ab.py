@@ -21,7 +21,7 @@ from csm_conformance.ab.__main__ import parse_budget
 from csm_conformance.perf_baselines import compare_figures, parse_tolerances
 from csm_conformance.workloads import WorkloadError, load_tiers, tier_selection
 
-pytestmark = pytest.mark.selftest
+pytestmark = [pytest.mark.selftest, pytest.mark.timing]  # judged by wall-clock time: run alone (.ci/run)
 PY = sys.executable
 
 

@@ -17,7 +17,7 @@ import torch
 from csm_conformance import fault_catalogue as fc
 from csm_conformance import faults, models
 
-pytestmark = pytest.mark.selftest
+pytestmark = [pytest.mark.selftest, pytest.mark.timing]  # judged by wall-clock time: run alone (.ci/run)
 
 ENTRIES = {e.id: e for e in fc.CATALOGUE}
 

@@ -32,6 +32,7 @@ def test_env_bools_lists_and_numbers():
     ({"CSM_MIN_COSINE": "high"}, "number"),
     ({"CSM_MIN_COSINE": "1.5"}, r"\(0, 1\]"),
     ({"CSM_BOUND_MARGIN": "-1"}, ">= 0"),
+    ({"CSM_HOST_REFERENCE": "sometimes"}, "auto, on or off"),
 ])
 def test_bad_values_are_one_line_errors(env, match):
     with pytest.raises(OptionError, match=match) as err:

@@ -5,13 +5,14 @@ regression table. Bad baselines end the run with one line."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.selftest
+pytestmark = [pytest.mark.selftest, pytest.mark.timing]  # judged by wall-clock time: run alone (.ci/run)
 ROOT = Path(__file__).resolve().parents[2]
 
 # One short workload in eager mode keeps each run to seconds; the gate logic is the same for all.
@@ -85,6 +86,36 @@ def test_planted_per_frame_sleep_fails_the_gate_with_a_table(run_perf, pytester,
     assert "regression in the first measurement confirmed (1 more measurement(s)): " in out  # a real slowdown persists
     refused = promote(pytester.path / "output" / "performance_benchmark.json", promoted)
     assert refused.returncode == 2 and "planted faults" in refused.stderr
+
+
+def test_host_drift_is_corrected_and_a_2x_slowdown_still_fails(run_perf, pytester, promoted, tmp_path):
+    """The baseline rewritten as if it had been timed on a host twice as fast (its time figures and
+    its host probe halved): a clean run fails it in raw time (--csm-host-reference off) and passes
+    in host units (the CPU's default); a planted 2x slowdown fails in host units too."""
+    drifted = tmp_path / "baselines"
+    shutil.copytree(promoted, drifted)
+    (path,) = drifted.rglob("bfloat16-eager.json")
+    data = json.loads(path.read_text())
+    probed = 0
+    for bench in data["benchmarks"]:
+        for figure in bench["extra_info"]["figures"].values():
+            if "host_us" in figure:
+                figure["value"], figure["host_us"], probed = figure["value"] / 2, figure["host_us"] / 2, probed + 1
+    assert probed >= 5, "the promoted baseline carries no host probe"
+    path.write_text(json.dumps(data))
+    clean = run_perf("-k", "test_generation", baselines=drifted)
+    out = clean.stdout.str()
+    assert clean.ret == 0, out[-3000:]
+    report = json.loads((pytester.path / "output" / "performance_benchmark.json").read_text())
+    gen = next(r for r in report["csm"]["results"] if r["case"] == "short_32t-b1-eager")
+    note = next(m for m in gen["messages"] if m.startswith("host-speed probe"))
+    assert 1.4 < next(c["host_factor"] for c in gen["comparisons"] if c["metric"] == "frame_ms_median") < 2.8, note
+    assert report["csm"]["settings"]["host_correction"] is True
+    raw = run_perf("-k", "test_generation", "--csm-host-reference", "off", baselines=drifted)
+    assert raw.ret == 1 and "performance regressed in" in raw.stdout.str(), raw.stdout.str()[-3000:]
+    slowed = run_perf("-k", "test_generation", "--csm-host-reference=on", "--csm-fault", "slowdown:1.0", baselines=drifted)
+    out = slowed.stdout.str()
+    assert slowed.ret == 1 and "frame_ms_median" in out and "host now/then" in out, out[-3000:]
 
 
 def test_a_transient_slowdown_is_not_confirmed_and_passes(run_perf, pytester, promoted):

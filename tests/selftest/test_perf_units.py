@@ -147,3 +147,79 @@ def test_best_of_measurements_takes_each_figures_best_with_its_own_cv():
     assert best["frame_ms_median"] == {"value": 8.0, "cv": 0.02}  # a NaN never wins
     assert best["peak_memory_mb"]["value"] == 10.0
     assert first["rtf"]["value"] == 0.9  # the measurements themselves are left as they were
+
+
+def timed(value, host_us):
+    return {"value": value, "cv": 0.0, "host_us": host_us}
+
+
+def test_host_correction_compares_time_figures_in_host_units():
+    """A baseline timed on a host 1.5x faster (probe 200 vs 300 us): a clean run 1.5x slower in
+    raw time is unchanged in host units; a 2x slowdown on top is still +100 %; memory is never
+    corrected; a baseline without a probe is compared raw."""
+    tol = parse_tolerances(["cpu.time=30%", "cpu.memory=10%"])
+    base = {"frame_ms_median": timed(20.0, 200.0), "peak_memory_mb": fig(100.0)}
+    clean = {"frame_ms_median": timed(30.0, 300.0), "peak_memory_mb": fig(100.0)}
+    raw = compare_figures(base, clean, tol, "cpu", 3.0)[0]
+    assert raw.verdict == "regressed" and raw.change == pytest.approx(0.5) and raw.host_factor is None
+    corrected = {r.metric: r for r in compare_figures(base, clean, tol, "cpu", 3.0, host_correction=True)}
+    assert corrected["frame_ms_median"].verdict == "ok" and corrected["frame_ms_median"].change == pytest.approx(0.0)
+    assert corrected["frame_ms_median"].host_factor == pytest.approx(1.5) and corrected["frame_ms_median"].now == 30.0
+    assert corrected["peak_memory_mb"].host_factor is None
+    doubled = compare_figures(base, {"frame_ms_median": timed(60.0, 300.0)}, tol, "cpu", 3.0, host_correction=True)[0]
+    assert doubled.verdict == "regressed" and doubled.change == pytest.approx(1.0)
+    unprobed = compare_figures({"frame_ms_median": fig(20.0)}, clean, tol, "cpu", 3.0, host_correction=True)[0]
+    assert unprobed.host_factor is None and unprobed.verdict == "regressed"
+    from csm_conformance.perf_baselines import comparison_table
+
+    table = "\n".join(comparison_table(list(corrected.values())))
+    assert "host now/then" in table and "x1.500" in table
+
+
+def test_best_of_ranks_host_probed_figures_in_host_units():
+    """The faster raw measurement was taken on a faster host and is the worse one in host units."""
+    from csm_conformance.performance import _best_of
+
+    fast_host = {"frame_ms_median": timed(20.0, 100.0)}
+    slow_host = {"frame_ms_median": timed(24.0, 200.0)}
+    assert _best_of([fast_host, slow_host])["frame_ms_median"] == timed(24.0, 200.0)
+
+
+def test_host_probe_is_out_of_the_frame_clock(monkeypatch):
+    """The probe runs between frames; its time must not land in the frames it corrects. Planted: a
+    probe that spins 100 ms, several times the embedded model's frame on this VM (20-40 ms)."""
+    import time as _time
+
+    from csm_conformance import host_speed
+    from csm_conformance.synthesis import load
+
+    loaded, _device = load("tiny", "cpu", "bfloat16")
+    (case,) = perf_cases(load_workloads(None), ["eager"], ["short_32t"], (1,))
+    inputs = timing.workload_inputs(loaded, case)
+    timing.generate_round(loaded, inputs, 8, 0)  # warm-up
+    plain = timing.generate_round(loaded, inputs, 8, 0)
+    assert plain.host_us is None
+
+    def spin_100ms():
+        end = _time.perf_counter() + 0.1
+        while _time.perf_counter() < end:
+            pass
+        return 0.1
+
+    monkeypatch.setattr(host_speed, "probe_s", spin_100ms)
+    probed = timing.generate_round(loaded, inputs, 8, 0, probe_host=True)
+    assert probed.host_us == pytest.approx(1e5)
+    assert timing.median(probed.frame_intervals_s) < 0.1, probed.frame_intervals_s
+    assert probed.wall_s < 0.1 * 8, probed.wall_s
+    with pytest.raises(ValueError, match="not combined"):
+        timing.generate_round(loaded, inputs, 8, 0, on_put=lambda: None, probe_host=True)
+
+
+def test_host_reference_applies_on_the_cpu_by_default():
+    from csm_conformance import host_speed
+
+    assert host_speed.applies("auto", "cpu") and not host_speed.applies("auto", "npu") and not host_speed.applies("auto", "cuda")
+    assert host_speed.applies("on", "npu") and not host_speed.applies("off", "cpu")
+    assert host_speed.factor({"host_us": 200.0}, {"host_us": 300.0}) == pytest.approx(1.5)
+    assert host_speed.factor({}, {"host_us": 300.0}) is None and host_speed.factor({"host_us": 0}, {"host_us": 3.0}) is None
+    assert 1e-5 < host_speed.probe_s() < 0.1
