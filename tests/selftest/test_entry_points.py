@@ -27,8 +27,10 @@ QUICK_PERF = ["--csm-perf-modes", "eager", "--csm-perf-warmup", "0", "--csm-perf
 
 
 def run(*command: str, cwd: Path) -> subprocess.CompletedProcess:
-    """A command as a user types it, without the caller's CSM_* option variables."""
-    env = {k: v for k, v in os.environ.items() if k not in {o.env for o in OPTIONS}}
+    """A command as a user types it, without the caller's CSM_* option variables, and without the
+    PYTEST_XDIST_* variables of a self-test run under -n (pytest-benchmark reads them and would
+    disable the child's benchmarks)."""
+    env = {k: v for k, v in os.environ.items() if k not in {o.env for o in OPTIONS} and not k.startswith("PYTEST_XDIST_")}
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -185,6 +185,7 @@ def test_best_of_ranks_host_probed_figures_in_host_units():
     assert _best_of([fast_host, slow_host])["frame_ms_median"] == timed(24.0, 200.0)
 
 
+@pytest.mark.timing
 def test_host_probe_is_out_of_the_frame_clock(monkeypatch):
     """The probe runs between frames; its time must not land in the frames it corrects. Planted: a
     probe that spins 100 ms, several times the embedded model's frame on this VM (20-40 ms)."""
