@@ -8,6 +8,8 @@ import datetime as _dt
 import json
 from pathlib import Path
 
+from . import report_schema
+
 STATUS_MARK = {"passed": "ok", "improved": "IMPROVED", "regressed": "REGRESSED", "no-baseline": "no baseline",
                "failed": "FAILED", "skipped": "skipped"}
 
@@ -85,7 +87,7 @@ def write_reports(perf, machine_info: dict, commit_info: dict, version: str, ski
     --csm-strict); they are listed, and counted, so an untimed test never reads as a pass."""
     out_dir = perf.settings.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {**perf.meta(), "skipped": list(skipped)}
+    meta = {"report_schema": report_schema.VERSIONS["performance"], **perf.meta(), "skipped": list(skipped)}
     document = {
         "machine_info": machine_info,
         "commit_info": commit_info,

@@ -15,9 +15,11 @@ import json
 import sys
 from pathlib import Path
 
+from . import report_schema
 from .bounds import BaselineError
 from .options import ROOT
 from .perf_baselines import promote
+from .report_schema import ReportSchemaError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +36,13 @@ def main(argv: list[str] | None = None) -> int:
             run = json.loads(run_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BaselineError(f"{run_path} is not valid JSON ({exc})") from None
+        if not isinstance(run, dict) or "csm" not in run:
+            raise BaselineError(f"{run_path} is not a csm-conformance performance run (no 'csm' block)")
+        report_schema.validate(run["csm"], "performance", str(run_path))
         written = promote(run, Path(args.baselines), allow_regressions=args.allow_regressions)
-    except (BaselineError, KeyError, TypeError) as exc:
-        message = str(exc) if isinstance(exc, BaselineError) else f"{run_path} is not a csm-conformance performance run ({type(exc).__name__}: {exc})"
+    except (BaselineError, ReportSchemaError, KeyError, TypeError) as exc:
+        message = (str(exc) if isinstance(exc, (BaselineError, ReportSchemaError))
+                   else f"{run_path} is not a csm-conformance performance run ({type(exc).__name__}: {exc})")
         print(f"csm-conformance promote: {message}", file=sys.stderr)
         return 2
     csm = run["csm"]

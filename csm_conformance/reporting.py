@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import devices, metrics
+from . import devices, metrics, report_schema
 
 CONSOLE_METRICS = [
     ("cosine", "cosine"),
@@ -226,6 +226,7 @@ def document(parts: list[Part], settings) -> dict:
     meta = next((p.meta for p in parts if p.meta.get("model")), parts[0].meta)
     faults = list(dict.fromkeys(n for p in parts for n in p.fault_notes))
     return {
+        "report_schema": report_schema.VERSIONS["accuracy"],  # csm_conformance/schemas/accuracy-1.schema.json
         "suite": "csm-conformance accuracy",
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **meta,

@@ -61,7 +61,7 @@ def parse_budget(text: str) -> Budget:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m csm_conformance.ab", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m csm_conformance.ab", description=__doc__.split("\n\n")[0].replace("%", "%%"))
     p.add_argument("--before", required=True, help="interpreter of the current stack (e.g. .tox/current/bin/python)")
     p.add_argument("--after", required=True, help="interpreter of the candidate stack; the same as --before is an A/A run")
     p.add_argument("--output", required=True, help="directory for ab.md, ab.json and the workers' logs")
@@ -71,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", action="append", default=[], choices=MODES, help="timing mode (repeatable; default: the tier's)")
     p.add_argument("--workloads", default=None, help="workload catalogue YAML (default: the package's)")
     p.add_argument("--tolerance", action="append", default=[],
-                   help=f"[<device type>.]<time|memory|figure>=<percent> (repeatable; default {' '.join(DEFAULT_TOLERANCES)})")
+                   help=f"[<device type>.]<time|memory|figure>=<percent> (repeatable; default {' '.join(DEFAULT_TOLERANCES).replace('%', '%%')})")
     p.add_argument("--budget", default=None,
                    help=f"pairs per case and/or total seconds of pairs (default quick {DEFAULT_BUDGET['quick']}, full {DEFAULT_BUDGET['full']})")
     p.add_argument("--alpha", type=float, default=0.05, help="chance of a wrong decision per figure over all looks (default 0.05)")

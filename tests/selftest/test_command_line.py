@@ -77,3 +77,14 @@ def test_a_stray_value_is_still_an_error(tmp_path):
     """Re-rooting must not hide a real mistake: an option missing its value is pytest's usual error."""
     run = pytest_cli("--csm-model", cwd=ROOT)
     assert run.returncode == 4 and "expected one argument" in run.stderr, run.stderr[-2000:]
+
+
+TOOLS = ["ab", "ab.planted", "verdict", "localize", "fault_catalogue", "promote", "first_run", "stack_range"]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_tool_answers_help_from_elsewhere(tool, tmp_path):
+    """`python -m csm_conformance.<tool> --help` from outside the repository. The A/B tool's help
+    once died on an unescaped '%' in argparse (its tolerances: time=5%)."""
+    done = subprocess.run([sys.executable, "-m", f"csm_conformance.{tool}", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stdout[-1000:] + done.stderr[-2000:]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from csm_conformance import report_schema
+
 pytestmark = pytest.mark.selftest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +25,7 @@ def test_clean_run_passes_and_reports(run_suite, pytester):
     assert "csm-conformance: loaded embedded-tiny-csm | weights sha256:" in out
     assert "csm-conformance accuracy summary" in out
     report = json.loads((pytester.path / "output" / "accuracy_evaluation.json").read_text())
+    report_schema.validate(report, "accuracy", "accuracy_evaluation.json")  # the written schema holds for a real run
     assert report["model"]["kind"] == "embedded-tiny"
     statuses = {(r["case"], r["check"]): r["status"] for r in report["results"]}
     assert statuses[("short_en", "backbone_logits")] == "passed"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from csm_conformance import report_schema
+
 pytestmark = [pytest.mark.selftest, pytest.mark.timing]  # judged by wall-clock time: run alone (.ci/run)
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,6 +59,7 @@ def test_clean_run_passes_against_its_baseline_and_writes_reports(run_perf, pyte
     assert "csm-conformance performance summary" in out
     assert "NOT a real-weight result" in out
     report = json.loads((pytester.path / "output" / "performance_benchmark.json").read_text())
+    report_schema.validate(report["csm"], "performance", "performance_benchmark.json")  # the written schema holds for a real run
     statuses = {r["case"]: r["status"] for r in report["csm"]["results"]}
     assert statuses == {"short_32t-b1-eager": statuses["short_32t-b1-eager"], "model_load": statuses["model_load"]}
     assert set(statuses.values()) <= {"passed", "improved"}, statuses

@@ -19,9 +19,11 @@ TESTS = ["test_backbone_logits[short_en]", "test_generation[short_32t-b1-eager]"
 
 def accuracy_doc(transformers: str, cosine: float = 0.99997, status: str = "passed") -> dict:
     return {
+        "report_schema": "csm-conformance/accuracy/1", "suite": "csm-conformance accuracy", "generated": "2026-11-30T00:00:00+00:00",
         "model": MODEL, "device": DEVICE, "dtype": "bfloat16",
         "versions": {"python": "3.11", "torch": "2.13.0", "transformers": transformers},
-        "settings": {"planted_faults": []},
+        "reference": {"device": "cpu", "dtype": "float32"}, "workers": [], "counts": {status: 1}, "record_outcome": None,
+        "settings": {"min_cosine": 0.9999, "strict": False, "planted_faults": []},
         "results": [{"case": "short_en", "check": "backbone_logits", "status": status,
                      "messages": [] if status == "passed" else [f"cosine {cosine} outside >= 0.9999 (floor)"],
                      "metrics": {"cosine": {"value": cosine, "bound": 0.9999, "rule": "floor", "ok": status == "passed"},
@@ -33,10 +35,13 @@ def perf_doc(transformers: str, frame_ms: float = 10.0, cv: float = 0.01) -> dic
     figures = {"rtf": {"value": frame_ms / 80.0, "cv": cv}, "frame_ms_median": {"value": frame_ms, "cv": cv},
                "peak_memory_mb": {"value": 100.0, "cv": 0.0}}
     return {"benchmarks": [], "csm": {
-        "model": MODEL, "device": DEVICE, "dtype": "bfloat16", "planted_faults": [],
+        "report_schema": "csm-conformance/performance/1", "model": MODEL, "device": DEVICE, "dtype": "bfloat16", "planted_faults": [],
         "versions": {"python": "3.11", "torch": "2.13.0", "transformers": transformers},
-        "settings": {"tolerances": {"time": [0.05, 0.0], "cpu.time": [0.3, 0.0], "memory": [0.03, 0.0]}, "noise_factor": 3.0},
-        "results": [{"case": "short_32t-b1-eager", "mode": "eager", "status": "passed", "figures": figures}],
+        "settings": {"tolerances": {"time": [0.05, 0.0], "cpu.time": [0.3, 0.0], "memory": [0.03, 0.0]}, "noise_factor": 3.0,
+                     "noise_cap": 1.0, "rounds": 3, "warmup_rounds": 1, "modes": ["eager"], "tier": "quick", "strict": False},
+        "gated_figures": {}, "skipped": [],
+        "results": [{"case": "short_32t-b1-eager", "mode": "eager", "status": "passed", "figures": figures, "messages": [], "info": {},
+                     "baseline_file": None, "comparisons": []}],
     }}
 
 
@@ -147,6 +152,10 @@ def test_a_candidate_that_stops_at_setup_is_a_regression(tmp_path, before, capsy
     (lambda p: (p / verdict.ACCURACY_FILE).write_text("{not json"), "accuracy_evaluation.json is not readable JSON"),
     (lambda p: (p / verdict.JUNIT_FILE).write_text("<testsuites"), "junit.xml is not readable JUnit XML"),
     (lambda p: (p / verdict.PERFORMANCE_FILE).write_text("{}"), "has no 'csm' block"),
+    (lambda p: (p / verdict.ACCURACY_FILE).write_text(json.dumps({**accuracy_doc("5.25.0"), "results": [{"case": "x"}]})),
+     "accuracy_evaluation.json: not a csm-conformance/accuracy/1 report: at results/0: 'check' is a required property"),
+    (lambda p: (p / verdict.PERFORMANCE_FILE).write_text(json.dumps({"csm": {**perf_doc("5.25.0")["csm"], "report_schema": "x/2"}})),
+     "performance_benchmark.json: report schema 'x/2', this suite reads 'csm-conformance/performance/1'"),
 ])
 def test_corrupt_reports_are_one_line_errors(tmp_path, before, capsys, breakage, needle):
     after = write_side(tmp_path / "candidate", accuracy_doc("5.25.0"), perf_doc("5.25.0"), dict.fromkeys(TESTS, "passed"))

@@ -1,51 +1,32 @@
-"""The pytest plugin: options, header, case parametrization, the session fixture, and reports.
-
-Setup errors (bad option, missing device, unreadable catalogue or baseline, model that will not
-load) end the run with one line and a non-zero exit: nothing reads green that did not run.
-
-Under pytest-xdist (`-n N`) worker gwK tests device K; each worker loads the models once (session
-fixtures are per process), writes its own reports to `<output>/gwK/`, and sends its results to the
-controller through `config.workeroutput`; the controller merges them into one report and one
-console summary. pytest-benchmark cannot time under xdist, so there the performance tests are
-skipped with the command that times each card instead.
-"""
+"""The plugin's hooks: options, configuration and the header, case parametrization and
+collection, the one-line failure and strict-skip reports, and the end of the session (reports,
+run status, the results each pytest-xdist worker sends its controller)."""
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from . import devices, perf_reporting, reporting, rootfix
-from .bounds import BaselineError
-from .options import OPTIONS, OptionError, Settings, settings_from
-from .session import ConformanceError, ConformanceSession
-
-SESSION_KEY = pytest.StashKey[ConformanceSession]()
-SETUP_ERROR_KEY = pytest.StashKey[str]()
-GATE_MARKERS = ("accuracy", "performance")
-WIRE_KEY = "csm_conformance"  # this plugin's entry in pytest-xdist's workeroutput
-NOT_SELECTED = object()  # the parameter of a test whose case list is empty: the test is deselected
-
-
-@dataclass
-class RunState:
-    """What this process saw besides the session's verdicts; on the xdist controller, also what
-    each worker sent."""
-
-    skipped: list[dict] = field(default_factory=list)  # gate tests that did not run (or failed for it under strict)
-    model_loads: int = 0
-    xdist_devices: list[str] = field(default_factory=list)  # controller: the device of each worker
-    parts: list[reporting.Part] = field(default_factory=list)  # the accuracy parts reported
-    perf_skipped: list[dict] = field(default_factory=list)  # controller: every worker's skipped performance tests
-    down: list[str] = field(default_factory=list)  # controller: workers that died
-    report_paths: list[Path] = field(default_factory=list)
-    perf_report_paths: list[Path] = field(default_factory=list)
-
-
-STATE_KEY = pytest.StashKey[RunState]()
+from .. import devices, perf_reporting, reporting, rootfix
+from ..options import OPTIONS, OptionError
+from ..session import ConformanceError, ConformanceSession
+from .state import (
+    GATE_MARKERS,
+    NOT_SELECTED,
+    SESSION_KEY,
+    SETUP_ERROR_KEY,
+    STATE_KEY,
+    WIRE_KEY,
+    RunState,
+    _is_xdist_controller,
+    _session,
+    _settings,
+    _state,
+    _under_xdist,
+    _worker_id,
+    _worker_index,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,37 +46,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
     """`--csm-model DIR` (space form) with DIR outside the repository: see rootfix."""
     rootfix.reroot(early_config, parser, args)
-
-
-def _worker_id(config: pytest.Config) -> str | None:
-    """'gwK' in a pytest-xdist worker, else None. Read from xdist's workerinput, not from the
-    PYTEST_XDIST_WORKER variable, which a plain pytest started by an xdist test would inherit."""
-    workerinput = getattr(config, "workerinput", None)
-    return workerinput.get("workerid") if workerinput else None
-
-
-def _worker_index(config: pytest.Config) -> int | None:
-    worker = _worker_id(config) or ""
-    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else None
-
-
-def _is_xdist_controller(config: pytest.Config) -> bool:
-    """The same test pytest-xdist uses to start workers (its _is_distribution_mode)."""
-    return _worker_id(config) is None and config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
-
-
-def _under_xdist(config: pytest.Config) -> bool:
-    """The test pytest-benchmark uses to disable itself, so the two agree on when nothing is timed."""
-    return _worker_id(config) is not None or config.getoption("dist", "no") != "no"
-
-
-def _settings(config: pytest.Config) -> Settings:
-    cli = {opt.dest: getattr(config.option, opt.dest, None) for opt in OPTIONS}
-    ini = {opt.dest: config.getini(opt.dest) for opt in OPTIONS}
-    settings = settings_from(cli, ini=ini)
-    if not settings.csm_baselines and (config.rootpath / "baselines").is_dir():  # the checkout's, also when installed
-        settings.csm_baselines = str(config.rootpath / "baselines")
-    return settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -134,14 +84,6 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     if info.type == "cpu":
         return None
     return 1 if index is not None else info.count
-
-
-def _session(config: pytest.Config) -> ConformanceSession | None:
-    return config.stash.get(SESSION_KEY, None)
-
-
-def _state(config: pytest.Config) -> RunState:
-    return config.stash.get(STATE_KEY, None) or RunState()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -190,84 +132,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("performance") is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
-
-
-def _load_or_exit(request: pytest.FixtureRequest, load) -> ConformanceSession:
-    session = _session(request.config)
-    before = (session.reference, session.target)
-    try:
-        load(session)
-    except (ConformanceError, BaselineError) as exc:
-        request.config.stash[SETUP_ERROR_KEY] = str(exc)
-        if _worker_id(request.config):  # lets xdist stop every worker (it expects a crash otherwise)
-            request.session.shouldstop = f"csm-conformance: {_worker_id(request.config)}: {exc}"
-        pytest.exit(f"csm-conformance: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-    if (session.reference, session.target) != before:
-        _state(request.config).model_loads += 1
-        _print_loaded(request.config, session)
-    return session
-
-
-def _print_loaded(config: pytest.Config, session: ConformanceSession) -> None:
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None:
-        return
-    ref, dev = session.reference, session.target
-    with capture.global_and_fixture_disabled():  # fixture output is captured otherwise
-        reporter.write_line("")
-        reporter.write_line(f"csm-conformance: loaded {session.identity.describe()}")
-        reporter.write_line(
-            (f"csm-conformance: reference cpu float32 in {ref.load_seconds:.1f} s; " if ref else "csm-conformance: no reference (performance only); ")
-            + f"device {dev.device} {session.dtype_name} in {dev.load_seconds:.1f} s"
-            + (f"; {'; '.join(dev.notes)}" if dev.notes else "")
-        )
-        for note in session.fault_notes:
-            reporter.write_line(f"csm-conformance: PLANTED FAULT: {note}", red=True)
-
-
-@pytest.fixture(scope="session")
-def csm(request: pytest.FixtureRequest) -> ConformanceSession:
-    """The run's ConformanceSession with both models loaded (once per session)."""
-    return _load_or_exit(request, lambda s: s.load_models())
-
-
-@pytest.fixture(scope="session")
-def csm_perf(request: pytest.FixtureRequest) -> ConformanceSession:
-    """The session with the device model loaded (no reference needed) and its performance
-    baselines read; at the end, the RTF/latency plot is attached to Allure."""
-    def load(session):
-        session.load_target()
-        session.perf.load_baselines()
-
-    session = _load_or_exit(request, load)
-    yield session
-    plot = perf_reporting.plot_png(session.perf)
-    if plot is not None:
-        reporting.attach_png("performance: RTF and frame latency, baseline vs now", plot)
-
-
-def assert_perf(result) -> None:
-    """Fail on a regression with its table; report a missing baseline (a failure under --csm-strict)."""
-    if result.status in ("regressed", "failed"):
-        pytest.fail(result.failure_text(), pytrace=False)
-    if result.status == "no-baseline":
-        warnings.warn(result.failure_text(), pytest.PytestWarning, stacklevel=2)
-
-
-def skip_or_fail_disabled(benchmark, config: pytest.Config) -> None:
-    """pytest-benchmark's --benchmark-disable runs the body once untimed: nothing can be gated, so
-    the test is skipped (and --csm-strict turns that skip into a failure, as it does every skip)."""
-    if getattr(benchmark, "disabled", False):
-        pytest.skip("benchmarks are disabled (--benchmark-disable): nothing was timed")
-
-
-def assert_passed(result) -> None:
-    """Fail the calling test with the gate's one-line verdict; report a missing bound as a warning."""
-    if result.status == "failed":
-        pytest.fail(result.failure_text(), pytrace=False)
-    if result.status == "no-bound":
-        warnings.warn(result.failure_text(), pytest.PytestWarning, stacklevel=2)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -392,74 +256,3 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     if conf is not None:
         machine_info["csm"] = {"device_fingerprint": conf.device.fingerprint, "device": conf.device.device,
                                "model": conf.model_key, "dtype": conf.dtype_name}
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    conf = _session(config)
-    if conf is None:
-        return
-    state = _state(config)
-    tr = terminalreporter
-    if any(p.results for p in state.parts):
-        _accuracy_summary(tr, conf, state)
-    elif _is_xdist_controller(config) and state.parts:
-        tr.write_line("csm-conformance: pytest-xdist workers: " + ", ".join(
-            f"{p.label} ({p.meta['device']['name']})" for p in state.parts))
-    if conf.perf.results or state.perf_skipped:
-        _performance_summary(tr, conf, state)
-    for part in state.parts:
-        if part.setup_error:
-            tr.write_line(f"ERROR: csm-conformance: {part.worker}: {part.setup_error}", red=True)
-    for line in state.down:
-        tr.write_line(f"csm-conformance: {line}", red=True)
-
-
-def _performance_summary(tr, conf, state: RunState) -> None:
-    tr.section("csm-conformance performance summary")
-    for line in perf_reporting.skipped_lines(state.perf_skipped):
-        tr.write_line(line, yellow=not conf.settings.csm_strict, red=conf.settings.csm_strict)
-    if not conf.perf.results:
-        return
-    ident = conf.identity
-    tr.write_line(f"model {ident.describe() if ident else conf.model_key}")
-    tr.write_line(f"device {conf.device.device} ({conf.device.fingerprint}) dtype {conf.dtype_name}; "
-                  f"{conf.settings.csm_perf_warmup} warm-up + {conf.settings.csm_perf_rounds} rounds, median")
-    for note in conf.fault_notes:
-        tr.write_line(f"PLANTED FAULT: {note}", red=True)
-    for line in perf_reporting.console_table(conf.perf):
-        tr.write_line(line)
-    for r in conf.perf.results:
-        if r.status in ("regressed", "improved"):
-            tr.write_line(f"{r.case}: {r.messages[0]}", red=r.status == "regressed", green=r.status == "improved")
-    missing = [r for r in conf.perf.results if r.status == "no-baseline"]
-    if missing:
-        tr.write_line(f"{len(missing)} case(s) have no baseline for {conf.device.fingerprint}: e.g. {missing[0].messages[-1]}", yellow=True)
-    for path in state.perf_report_paths:
-        tr.write_line(f"report: {path}")
-
-
-def _accuracy_summary(tr, conf, state: RunState) -> None:
-    tr.section("csm-conformance accuracy summary")
-    parts = state.parts
-    first = parts[0]
-    model = next((p.describe_model() for p in parts if p.describe_model()), None) or conf.model_key
-    tr.write_line(f"model {model}")
-    if len(parts) > 1 or first.worker:
-        devices_line = ", ".join(f"{p.label} ({p.meta['device']['name']}, {p.model_loads} model load(s))" for p in parts)
-        tr.write_line(f"devices (one per pytest-xdist worker): {devices_line}")
-        tr.write_line(f"dtype {conf.dtype_name} vs cpu float32; min cosine {conf.settings.csm_min_cosine}; "
-                      f"bounds {first.bounds_file}{'' if first.bounds_present else ' (absent)'}")
-    else:
-        tr.write_line(f"device {first.device} ({first.meta['device']['name']}) dtype {conf.dtype_name} vs cpu float32; "
-                      f"min cosine {conf.settings.csm_min_cosine}; bounds {first.bounds_file}{'' if first.bounds_present else ' (absent)'}")
-    for note in dict.fromkeys(n for p in parts for n in p.fault_notes):
-        tr.write_line(f"PLANTED FAULT: {note}", red=True)
-    for line in reporting.console_table(parts):
-        tr.write_line(line)
-    counts = reporting.status_counts(parts)
-    tr.write_line("checks: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "   ('!' outside bound, '?' no bound stored)")
-    outcome = next((p.record_outcome for p in parts if p.record_outcome), None)
-    if outcome:
-        tr.write_line(outcome, red=outcome.startswith("bounds NOT"), green=not outcome.startswith("bounds NOT"))
-    for path in state.report_paths:
-        tr.write_line(f"report: {path}")

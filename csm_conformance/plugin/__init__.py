@@ -1,0 +1,74 @@
+"""The pytest plugin: options, header, case parametrization, the session fixture, and reports.
+
+Setup errors (bad option, missing device, unreadable catalogue or baseline, model that will not
+load) end the run with one line and a non-zero exit: nothing reads green that did not run.
+
+Under pytest-xdist (`-n N`) worker gwK tests device K; each worker loads the models once (session
+fixtures are per process), writes its own reports to `<output>/gwK/`, and sends its results to the
+controller through `config.workeroutput`; the controller merges them into one report and one
+console summary. pytest-benchmark cannot time under xdist, so there the performance tests are
+skipped with the command that times each card instead.
+
+pytest loads this package (the pytest11 entry point `csm_conformance.plugin`; conftest.py names
+it for a checkout used without installing) and registers it as ONE plugin: pluggy takes every
+`pytest_*` attribute of the module as a hook implementation and pytest every fixture attribute as
+a fixture, wherever they were defined. So the hooks and fixtures are imported here from the
+modules below, which pytest never registers themselves (registering one too would run its hooks
+twice). A new hook or fixture must be added to the imports here, or pytest never sees it.
+
+  state.py       stash keys, the run's state, where this process stands under pytest-xdist
+  hooks.py       options, configuration, collection, reports, the end of the session, xdist
+  fixtures.py    the session fixtures (csm, csm_perf)
+  assertions.py  assert_passed / assert_perf / skip_or_fail_disabled, called by the tests
+  summary.py     the console summary (pytest_terminal_summary)
+"""
+
+from __future__ import annotations
+
+from .assertions import assert_passed, assert_perf, skip_or_fail_disabled
+from .fixtures import csm, csm_perf
+from .hooks import (
+    pytest_addoption,
+    pytest_benchmark_update_machine_info,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_generate_tests,
+    pytest_load_initial_conftests,
+    pytest_report_header,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_testnodedown,
+    pytest_xdist_auto_num_workers,
+)
+from .state import GATE_MARKERS, NOT_SELECTED, SESSION_KEY, SETUP_ERROR_KEY, STATE_KEY, WIRE_KEY, RunState
+from .summary import pytest_terminal_summary
+
+__all__ = [
+    # hooks: pytest registers them from this module's attributes
+    "pytest_addoption",
+    "pytest_benchmark_update_machine_info",
+    "pytest_collection_modifyitems",
+    "pytest_configure",
+    "pytest_generate_tests",
+    "pytest_load_initial_conftests",
+    "pytest_report_header",
+    "pytest_runtest_makereport",
+    "pytest_sessionfinish",
+    "pytest_terminal_summary",
+    "pytest_testnodedown",
+    "pytest_xdist_auto_num_workers",
+    # fixtures, likewise
+    "csm",
+    "csm_perf",
+    # for the tests and other plugins
+    "assert_passed",
+    "assert_perf",
+    "skip_or_fail_disabled",
+    "SESSION_KEY",
+    "SETUP_ERROR_KEY",
+    "STATE_KEY",
+    "RunState",
+    "GATE_MARKERS",
+    "WIRE_KEY",
+    "NOT_SELECTED",
+]
