@@ -17,22 +17,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .metrics import better, from_error, kind, known, to_error
+from .metrics import better, floor, from_error, kind, known, to_error
 
 SCHEMA = 1
-FLOORS = {  # in error form
-    "cosine": 1e-7,
-    "worst_position_cosine": 1e-7,
-    "rel_error": 1e-6,
-    "mae": 1e-7,
-    "max_abs_error": 1e-6,
-    "kl_divergence": 1e-9,
-    "argmax_agreement": 0.0,
-    "code_agreement": 0.0,
-    "snr_db": 1e-9,  # 90 dB
-}
-
-
 class BaselineError(ValueError):
     """A stored baseline or golden file cannot be used; the message is one line."""
 
@@ -55,7 +42,7 @@ def bounds_path(baselines_dir: Path, model_key: str, device_type: str, dtype: st
 
 def bound_from_measurement(metric: str, value: float, margin: float) -> float:
     error = to_error(metric, value)
-    bound = from_error(metric, error * (1.0 + margin) + FLOORS.get(kind(metric), 0.0))
+    bound = from_error(metric, error * (1.0 + margin) + floor(metric))
     if better(metric) == "higher" and kind(metric) != "snr_db":
         bound = max(bound, 0.0)
     return bound

@@ -4,32 +4,49 @@ All arithmetic is done in float64 on the CPU so that the metric itself adds no e
 error is norm-wise (‖Δ‖/‖ref‖): the element-wise form blows up wherever the reference is near
 zero, which made the seed's "16.8 %" figures unreadable.
 
-Each metric has a direction. `ERROR_FORM` maps a value to a non-negative error (0 = perfect) so
-that bounds can be recorded and compared the same way for every metric.
+Each metric is registered once, in `METRICS`: its direction, its error form (a value mapped to a
+non-negative error, 0 = perfect, so that bounds are recorded and compared the same way for every
+metric), the floor a recorded bound may never be tighter than, and its console column. The bounds,
+the gate, the console table and the verdict all read it, so a new metric is its function and its
+row here (then re-record the bounds).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-# name -> (better, error form)
 _IDENTITY: Callable[[float], float] = lambda v: v  # noqa: E731
-METRICS: dict[str, tuple[str, Callable[[float], float], Callable[[float], float]]] = {
+_ONE_MINUS: Callable[[float], float] = lambda v: 1.0 - v  # noqa: E731
+
+
+@dataclass(frozen=True)
+class Metric:
+    better: str  # "higher" | "lower"
+    to_error: Callable[[float], float]
+    from_error: Callable[[float], float]
+    floor: float  # in error form: the smallest error a recorded bound allows, so that a bound is never tighter than the metric's own resolution
+    column: str  # the console table's column header
+    fmt: str  # format spec of a value in the console table
+
+
+# name -> Metric, in the console table's column order
+METRICS: dict[str, Metric] = {
     # higher is better: error = 1 - value
-    "cosine": ("higher", lambda v: 1.0 - v, lambda e: 1.0 - e),
-    "worst_position_cosine": ("higher", lambda v: 1.0 - v, lambda e: 1.0 - e),
-    "argmax_agreement": ("higher", lambda v: 1.0 - v, lambda e: 1.0 - e),
-    "code_agreement": ("higher", lambda v: 1.0 - v, lambda e: 1.0 - e),
-    # SNR in dB: error = noise-to-signal power ratio
-    "snr_db": ("higher", lambda v: 10.0 ** (-v / 10.0), lambda e: -10.0 * math.log10(e) if e > 0 else math.inf),
+    "cosine": Metric("higher", _ONE_MINUS, _ONE_MINUS, 1e-7, "cosine", ".7f"),
+    "worst_position_cosine": Metric("higher", _ONE_MINUS, _ONE_MINUS, 1e-7, "worst_pos", ".7f"),
     # lower is better: the value is the error
-    "rel_error": ("lower", _IDENTITY, _IDENTITY),
-    "mae": ("lower", _IDENTITY, _IDENTITY),
-    "max_abs_error": ("lower", _IDENTITY, _IDENTITY),
-    "kl_divergence": ("lower", _IDENTITY, _IDENTITY),
+    "rel_error": Metric("lower", _IDENTITY, _IDENTITY, 1e-6, "rel_err", ".3e"),
+    "mae": Metric("lower", _IDENTITY, _IDENTITY, 1e-7, "mae", ".3e"),
+    "max_abs_error": Metric("lower", _IDENTITY, _IDENTITY, 1e-6, "max_abs", ".3e"),
+    "argmax_agreement": Metric("higher", _ONE_MINUS, _ONE_MINUS, 0.0, "argmax", ".4f"),
+    "kl_divergence": Metric("lower", _IDENTITY, _IDENTITY, 1e-9, "kl", ".3e"),
+    # SNR in dB: error = noise-to-signal power ratio; the floor is 90 dB
+    "snr_db": Metric("higher", lambda v: 10.0 ** (-v / 10.0), lambda e: -10.0 * math.log10(e) if e > 0 else math.inf, 1e-9, "snr_db", ".2f"),
+    "code_agreement": Metric("higher", _ONE_MINUS, _ONE_MINUS, 0.0, "codes", ".4f"),
 }
 
 
@@ -45,15 +62,26 @@ def known(metric: str) -> bool:
 
 def better(metric: str) -> str:
     """'higher' or 'lower'."""
-    return METRICS[kind(metric)][0]
+    return METRICS[kind(metric)].better
 
 
 def to_error(metric: str, value: float) -> float:
-    return METRICS[kind(metric)][1](value)
+    return METRICS[kind(metric)].to_error(value)
 
 
 def from_error(metric: str, error: float) -> float:
-    return METRICS[kind(metric)][2](error)
+    return METRICS[kind(metric)].from_error(error)
+
+
+def floor(metric: str) -> float:
+    """The smallest error a recorded bound of this metric allows (0 for a metric not registered)."""
+    entry = METRICS.get(kind(metric))
+    return entry.floor if entry else 0.0
+
+
+def formatted(metric: str, value: float) -> str:
+    """A value as the console table shows it."""
+    return format(value, METRICS[kind(metric)].fmt)
 
 
 def is_within(metric: str, value: float, bound: float) -> bool:

@@ -17,28 +17,7 @@ import numpy as np
 
 from . import devices, metrics, report_schema
 
-CONSOLE_METRICS = [
-    ("cosine", "cosine"),
-    ("worst_position_cosine", "worst_pos"),
-    ("rel_error", "rel_err"),
-    ("mae", "mae"),
-    ("max_abs_error", "max_abs"),
-    ("argmax_agreement", "argmax"),
-    ("kl_divergence", "kl"),
-    ("snr_db", "snr_db"),
-    ("code_agreement", "codes"),
-]
 MARK = {True: " ", False: "!", None: "?"}
-
-
-def _fmt(metric: str, value: float) -> str:
-    if metric in ("cosine", "worst_position_cosine"):
-        return f"{value:.7f}"
-    if metric in ("argmax_agreement", "code_agreement"):
-        return f"{value:.4f}"
-    if metric == "snr_db":
-        return f"{value:.2f}"
-    return f"{value:.3e}"
 
 
 def header_lines(session, xdist_devices: list[str] | None = None) -> list[str]:
@@ -167,7 +146,7 @@ def console_table(parts: list[Part]) -> list[str]:
     With several workers a device column says which card each row ran on."""
     rows_in = list(_rows(parts))
     by_device = len(parts) > 1
-    used = [(m, short) for m, short in CONSOLE_METRICS if any(metrics.kind(r.metric) == m for _, res in rows_in for r in res.rows)]
+    used = [(m, entry.column) for m, entry in metrics.METRICS.items() if any(metrics.kind(r.metric) == m for _, res in rows_in for r in res.rows)]
     head = (["device"] if by_device else []) + ["case", "check", "result"] + [short for _, short in used]
     rows = []
     for part, res in rows_in:
@@ -180,7 +159,7 @@ def console_table(parts: list[Part]) -> list[str]:
         for metric, _ in used:
             row = by_metric.get(metric)
             mark = " " if row is not None and row.rule == "info" else MARK[row.ok] if row is not None else ""
-            cells.append("" if row is None else _fmt(metric, row.value) + mark)
+            cells.append("" if row is None else metrics.formatted(metric, row.value) + mark)
         rows.append(cells)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731

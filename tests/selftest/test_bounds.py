@@ -19,12 +19,12 @@ def test_recorded_bound_gives_margin_in_error_form():
 
 
 def test_exact_match_still_gets_a_floor():
-    assert bounds.bound_from_measurement("rel_error", 0.0, 0.5) == bounds.FLOORS["rel_error"]
+    assert bounds.bound_from_measurement("rel_error", 0.0, 0.5) == metrics.floor("rel_error")
     assert bounds.bound_from_measurement("cosine", 1.0, 0.5) < 1.0
 
 
 def test_every_metric_has_a_floor():
-    assert set(bounds.FLOORS) == set(metrics.METRICS)
+    assert all(m.floor >= 0 and m.column and m.better in ("higher", "lower") for m in metrics.METRICS.values())
 
 
 def test_round_trip_and_judgement(tmp_path):

@@ -68,7 +68,7 @@ def test_nan_never_passes_a_bound():
 
 @pytest.mark.parametrize("metric", sorted(metrics.METRICS))
 def test_error_form_round_trips(metric):
-    value = {"snr_db": 35.0}.get(metric, 0.9 if metrics.METRICS[metric][0] == "higher" else 0.01)
+    value = {"snr_db": 35.0}.get(metric, 0.9 if metrics.METRICS[metric].better == "higher" else 0.01)
     assert metrics.from_error(metric, metrics.to_error(metric, value)) == pytest.approx(value)
 
 
