@@ -17,10 +17,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
 from .metrics import better, floor, from_error, kind, known, to_error
 
 SCHEMA = 1
-class BaselineError(ValueError):
+class BaselineError(UserError, ValueError):
     """A stored baseline or golden file cannot be used; the message is one line."""
 
 

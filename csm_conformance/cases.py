@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .errors import UserError
+
 SAMPLE_RATE = 24000
 DEFAULT_CATALOGUE = Path(__file__).resolve().parent / "data" / "accuracy_cases.yaml"
 
 
-class CatalogueError(ValueError):
+class CatalogueError(UserError, ValueError):
     """The case catalogue cannot be used; the message is one line."""
 
 

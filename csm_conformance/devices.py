@@ -15,11 +15,13 @@ import resource
 import sys
 from dataclasses import dataclass
 
+from .errors import UserError
+
 AUTO_ORDER = ("npu", "cuda", "xpu", "mps")
 KNOWN_TYPES = AUTO_ORDER + ("cpu",)
 
 
-class DeviceError(RuntimeError):
+class DeviceError(UserError, RuntimeError):
     """A device that was asked for cannot be used; the message is one line for the user."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from . import tiny_model
+from .errors import UserError
 from .load_integrity import LoadIntegrity, inspect_load, mismatched_shapes
 
 DTYPES = {
@@ -39,7 +40,7 @@ RANDOM_FULL_SEED = 1234
 RANDOM_FULL_NAME = "random-full-csm-1b"
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """The model cannot be found or loaded; the message is one line for the user."""
 
 

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
+from .errors import UserError
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -70,7 +72,7 @@ OPTIONS = [
 ]
 
 
-class OptionError(ValueError):
+class OptionError(UserError, ValueError):
     """An option value is unusable; the message is one line."""
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import jsonschema
 
+from .errors import UserError
+
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 VERSIONS = {"accuracy": "csm-conformance/accuracy/1", "performance": "csm-conformance/performance/1"}
 FILES = {"accuracy": "accuracy-1.schema.json", "performance": "performance-1.schema.json"}
 
 
-class ReportSchemaError(ValueError):
+class ReportSchemaError(UserError, ValueError):
     """A report does not follow its schema; the message is one line."""
 
 

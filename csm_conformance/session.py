@@ -22,6 +22,7 @@ from .accuracy_gate import AccuracyGate
 from .bounds import BaselineError, BoundsBook, bounds_path
 from .cases import Catalogue, CodecCase, PromptCase, load_catalogue
 from .check_results import CheckResult, MetricRow
+from .errors import UserError
 from .model_checks import NonFiniteOutputError
 from .models import LoadedModel, ModelSource, dtype_name, parse_dtype
 from .options import Settings
@@ -30,7 +31,7 @@ from .reference_outputs import ReferenceOutputs
 __all__ = ["ConformanceError", "ConformanceSession", "CheckResult", "MetricRow", "NonFiniteOutputError"]
 
 
-class ConformanceError(RuntimeError):
+class ConformanceError(UserError, RuntimeError):
     """A setup problem the user must fix; the message is one line."""
 
 

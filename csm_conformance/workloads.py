@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cases import read_yaml
+from .errors import UserError
 
 DEFAULT_WORKLOADS = Path(__file__).resolve().parent / "data" / "performance_workloads.yaml"
 FRAME_RATE_HZ = 12.5  # Mimi frames per second of audio
 MODES = ("eager", "compiled")
 
 
-class WorkloadError(ValueError):
+class WorkloadError(UserError, ValueError):
     """The workload catalogue cannot be used; the message is one line."""
 
 

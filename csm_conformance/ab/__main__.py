@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import UserError
 from ..perf_baselines import parse_tolerances
 from ..workloads import MODES, TIERS, WorkloadError, load_workloads, perf_cases, tier_selection
 from . import report, stats
@@ -34,7 +35,7 @@ DEFAULT_TOLERANCES = ["time=5%", "memory=3%", "cpu.ttfa_ms=25%", "cpu.prefill_ms
 DEFAULT_BUDGET = {"quick": "100,240s", "full": "100,120m"}
 
 
-class BadInput(ValueError):
+class BadInput(UserError, ValueError):
     pass
 
 

@@ -7,8 +7,10 @@ package re-exports them there.
 
 from __future__ import annotations
 
+from ..errors import UserError
 
-class FaultError(ValueError):
+
+class FaultError(UserError, ValueError):
     """The fault spec cannot be applied; the message is one line."""
 
     __module__ = "csm_conformance.faults"

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 import torch
 
 from .. import metrics
+from ..errors import UserError
 from .hooks import component_of
 
 JUMP_FACTOR = 2.0
 
 
-class DumpError(ValueError):
+class DumpError(UserError, ValueError):
     """A dump cannot be read or compared; the message is one line."""
 
 

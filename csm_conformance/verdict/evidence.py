@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import report_schema
+from ..errors import UserError
 
 ACCURACY_FILE = "accuracy_evaluation.json"
 PERFORMANCE_FILE = "performance_benchmark.json"
@@ -20,7 +21,7 @@ JUNIT_FILE = "junit.xml"
 STATUS_FILE = "run_status.json"
 
 
-class VerdictError(ValueError):
+class VerdictError(UserError, ValueError):
     """A report that exists but cannot be read; the message is one line."""
 
 

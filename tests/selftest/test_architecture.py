@@ -118,3 +118,28 @@ def test_the_class_check_finds_a_planted_long_class(tmp_path):
     body = "\n".join(f"    def m{i}(self):\n        return {i}" for i in range(70))
     (tmp_path / "long.py").write_text(f"class Long:\n{body}\n\n\nclass Short:\n    pass\n")
     assert big_classes(tmp_path, MAX_CLASS_LINES) == {"long:Long": 141}
+
+
+# One-line errors that are not (only) the user's to fix: the fault catalogue's runner failing to set
+# up, and an A/B worker process failing (a bad interpreter and a crash alike; the A/B tool words both).
+NOT_USER_ERRORS = {"csm_conformance.fault_catalogue.run.CatalogueRunError", "csm_conformance.ab.workers.WorkerError"}
+
+
+def test_every_one_line_error_is_a_user_error():
+    """An error class documented as 'the message is one line' is bad input a user can fix, and
+    derives from errors.UserError, the one base every entry point reports as one line."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from csm_conformance.errors import UserError
+
+    one_line = {}
+    for info in pkgutil.walk_packages(csm_conformance.__path__, "csm_conformance."):
+        if info.name.endswith("__main__"):
+            continue
+        for obj in vars(importlib.import_module(info.name)).values():
+            if inspect.isclass(obj) and issubclass(obj, Exception) and "the message is one line" in (obj.__doc__ or ""):
+                one_line[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    assert len(one_line) >= 10, sorted(one_line)
+    assert sorted(n for n, c in one_line.items() if not issubclass(c, UserError) and n not in NOT_USER_ERRORS) == []
