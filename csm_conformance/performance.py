@@ -50,6 +50,14 @@ def _stack_depth() -> int:
     return depth
 
 
+def _device_bandwidth(session) -> tuple[float | None, str]:
+    """The device's bandwidth for the floor: the option, a conftest's hook (set on the session by the
+    pytest plugin; absent for tools run without pytest), else the suite's table."""
+    hook = getattr(session, "bandwidth_hook", None)
+    from_hook = hook(device_name=session.device.name, device_type=session.device.type) if hook else None
+    return bandwidth.device_bandwidth_gbps(session.device.name, session.settings.csm_memory_bandwidth, from_hook)
+
+
 class PerformanceRun:
     """The performance half of a conformance session (the accuracy half is ConformanceSession)."""
 
@@ -113,7 +121,7 @@ class PerformanceRun:
                 self.results.pop()
         wall = timing.median(walls)
         weights = bandwidth.weight_bytes_per_frame(loaded.model, loaded.dtype)
-        bw, bw_source = bandwidth.device_bandwidth_gbps(self.session.device.name, self.settings.csm_memory_bandwidth)
+        bw, bw_source = _device_bandwidth(self.session)
         floor = bandwidth.floor_figures(weights["total"], figures["frame_ms_median"]["value"] / 1e3, bw)
         info = {
             "mode_label": mode_label,

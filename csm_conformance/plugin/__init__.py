@@ -21,10 +21,14 @@ twice). A new hook or fixture must be added to the imports here, or pytest never
   fixtures.py    the session fixtures (csm, csm_perf)
   assertions.py  assert_passed / assert_perf / skip_or_fail_disabled, called by the tests
   summary.py     the console summary (pytest_terminal_summary)
+  hookspecs.py   hooks a user's conftest.py implements (csm_memory_bandwidth_gbps), added here
 """
 
 from __future__ import annotations
 
+import pytest
+
+from . import hookspecs
 from .assertions import assert_passed, assert_perf, skip_or_fail_disabled
 from .fixtures import csm, csm_perf
 from .hooks import (
@@ -43,8 +47,15 @@ from .hooks import (
 from .state import GATE_MARKERS, NOT_SELECTED, SESSION_KEY, SETUP_ERROR_KEY, STATE_KEY, WIRE_KEY, RunState
 from .summary import pytest_terminal_summary
 
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """The suite's own hooks (hookspecs.py), so a conftest.py can implement them."""
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 __all__ = [
     # hooks: pytest registers them from this module's attributes
+    "pytest_addhooks",
     "pytest_addoption",
     "pytest_benchmark_update_machine_info",
     "pytest_collection_modifyitems",

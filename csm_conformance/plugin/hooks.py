@@ -63,6 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if worker:  # audio and this worker's own reports go to <output>/gwK; the controller writes the merged ones
             settings.csm_output = str(Path(settings.csm_output) / worker)
         session = ConformanceSession(settings, _worker_index(config))
+        session.bandwidth_hook = config.hook.csm_memory_bandwidth_gbps  # hookspecs.py: a user's device bandwidth
         if _is_xdist_controller(config):
             state.xdist_devices = devices.xdist_devices(session.device, len(config.getoption("tx")))
     except (OptionError, ConformanceError, devices.DeviceError) as exc:

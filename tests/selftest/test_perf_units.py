@@ -224,3 +224,21 @@ def test_host_reference_applies_on_the_cpu_by_default():
     assert host_speed.factor({"host_us": 200.0}, {"host_us": 300.0}) == pytest.approx(1.5)
     assert host_speed.factor({}, {"host_us": 300.0}) is None and host_speed.factor({"host_us": 0}, {"host_us": 3.0}) is None
     assert 1e-5 < host_speed.probe_s() < 0.1
+
+
+def test_a_conftest_teaches_the_bandwidth_of_an_unknown_device(run_suite, pytester, monkeypatch, tmp_path):
+    """The csm_memory_bandwidth_gbps hook (plugin/hookspecs.py), implemented by a plugin of the
+    user's, gives the bandwidth floor a device the table lacks; --csm-memory-bandwidth still wins."""
+    (pytester.path / "my_device_bandwidth.py").write_text(
+        "def csm_memory_bandwidth_gbps(device_name, device_type):\n    return 123.0 if device_type == 'cpu' else None\n")
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    quick = ["-p", "my_device_bandwidth", "-k", "test_generation", "--csm-workload", "short_32t", "--csm-perf-modes", "eager",
+             "--csm-perf-rounds", "1", "--csm-perf-warmup", "0", "--csm-perf-confirm", "0", f"--csm-baselines={tmp_path}"]
+    infos = []
+    for extra in ([], ["--csm-memory-bandwidth", "50"]):
+        result = run_suite(pytester, *quick, *extra, marker="performance")
+        assert result.ret == 0, result.stdout.str()[-3000:]
+        report = json.loads((pytester.path / "output" / "performance_benchmark.json").read_text())
+        infos.append(next(r["info"] for r in report["csm"]["results"] if r["case"] == "short_32t-b1-eager"))
+    assert (infos[0]["device_bandwidth_gbps"], infos[0]["bandwidth_source"]) == (123.0, "the csm_memory_bandwidth_gbps hook")
+    assert (infos[1]["device_bandwidth_gbps"], infos[1]["bandwidth_source"]) == (50.0, "--csm-memory-bandwidth")
