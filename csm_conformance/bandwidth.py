@@ -57,11 +57,11 @@ def weight_bytes_per_frame(model: torch.nn.Module, dtype: torch.dtype) -> dict[s
 
 def device_bandwidth_gbps(device_name: str, override: float = 0.0, from_hook: float | None = None) -> tuple[float | None, str]:
     """(GB/s, where the number came from); None when the device is unknown and nothing was given.
-    The option wins, then a conftest's csm_memory_bandwidth_gbps hook (plugin/hookspecs.py), then the table."""
+    The option wins, then a conftest's pytest_csm_memory_bandwidth_gbps hook (plugin/hookspecs.py), then the table."""
     if override and override > 0:
         return float(override), "--csm-memory-bandwidth"
     if from_hook is not None and from_hook > 0:
-        return float(from_hook), "the csm_memory_bandwidth_gbps hook"
+        return float(from_hook), "the pytest_csm_memory_bandwidth_gbps hook"
     lowered = device_name.lower()
     for key in sorted(KNOWN_BANDWIDTH_GBPS, key=len, reverse=True):
         if key.lower() in lowered:

@@ -20,15 +20,16 @@ def _figure(values: list[float], value: float | None = None) -> dict:
     return {"value": timing.median(values) if value is None else value, "cv": timing.cv(values)}
 
 
-def _best_of(measurements: list[dict]) -> dict:
+def _best_of(measurements: list[dict], host_units: frozenset[str] | set[str] = frozenset()) -> dict:
     """Per figure, the best measurement (lowest: every gated figure is lower-is-better), with its
-    own CV and host probe; a NaN never wins over a number. Figures that carry a host probe are
-    ranked in host units, as the gate compares them."""
+    own CV and host probe; a NaN never wins over a number. The figures in `host_units` (those the
+    gate compares in host units: both the baseline and today's figure carry a probe) are ranked in
+    host units too; the others raw, as the gate compares them."""
     best = {}
     for name in measurements[0]:
         candidates = [m[name] for m in measurements if name in m]
         finite = [f for f in candidates if math.isfinite(f["value"])] or candidates
-        if all(f.get("host_us") for f in finite):
+        if name in host_units and all(f.get("host_us") for f in finite):
             key = lambda f: f["value"] / f["host_us"]  # noqa: E731
         else:
             key = lambda f: f["value"]  # noqa: E731

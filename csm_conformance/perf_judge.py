@@ -119,10 +119,10 @@ class PerfJudge:
         if not factors:
             return ("note: the baseline has no host-speed probe (promoted before it was recorded): time figures compared "
                     "uncorrected; promote a new baseline to correct them for the host's speed")
-        probe = next(n["host_us"] for n in now.values() if n.get("host_us"))
-        then = next(b["host_us"] for b in baseline.values() if b.get("host_us"))
-        return (f"host-speed probe {probe:.0f} us now, {then:.0f} us at the baseline: time changes are corrected by "
-                f"x{factors[0]:.3f} (--csm-host-reference off to compare raw times)")
+        frame = next((c for c in comparisons if c.metric == "frame_ms_median" and c.host_factor), None)
+        shown = f"x{frame.host_factor:.3f} for the frame median" if frame else f"x{factors[0]:.3f}"
+        return (f"host-speed probe: time changes are corrected by how much slower the host ran than at the baseline, "
+                f"{shown} (each figure's factor: the host now/then column; --csm-host-reference off to compare raw times)")
 
 
 def _confirmation_note(result: PerfResult, first_regressed: list[str], measurements: list[dict]) -> str:

@@ -21,7 +21,7 @@ twice). A new hook or fixture must be added to the imports here, or pytest never
   fixtures.py    the session fixtures (csm, csm_perf)
   assertions.py  assert_passed / assert_perf / skip_or_fail_disabled, called by the tests
   summary.py     the console summary (pytest_terminal_summary)
-  hookspecs.py   hooks a user's conftest.py implements (csm_memory_bandwidth_gbps), added here
+  hookspecs.py   hooks a user's conftest.py implements (pytest_csm_memory_bandwidth_gbps), added here
 """
 
 from __future__ import annotations

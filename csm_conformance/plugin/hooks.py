@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from .. import devices, perf_reporting, reporting, rootfix
+from ..errors import UserError
 from ..options import OPTIONS, OptionError
-from ..session import ConformanceError, ConformanceSession
+from ..session import ConformanceSession
 from .state import (
     GATE_MARKERS,
     NOT_SELECTED,
@@ -63,10 +64,10 @@ def pytest_configure(config: pytest.Config) -> None:
         if worker:  # audio and this worker's own reports go to <output>/gwK; the controller writes the merged ones
             settings.csm_output = str(Path(settings.csm_output) / worker)
         session = ConformanceSession(settings, _worker_index(config))
-        session.bandwidth_hook = config.hook.csm_memory_bandwidth_gbps  # hookspecs.py: a user's device bandwidth
+        session.bandwidth_hook = config.hook.pytest_csm_memory_bandwidth_gbps  # hookspecs.py: a user's device bandwidth
         if _is_xdist_controller(config):
             state.xdist_devices = devices.xdist_devices(session.device, len(config.getoption("tx")))
-    except (OptionError, ConformanceError, devices.DeviceError) as exc:
+    except UserError as exc:  # bad input of any kind: one line, a usage error (exit 4)
         raise pytest.UsageError(f"csm-conformance: {exc}") from None
     config.stash[SESSION_KEY] = session
     config.stash[STATE_KEY] = state

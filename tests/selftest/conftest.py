@@ -8,6 +8,7 @@ real conformance tests in a scratch directory, `one_line_error` asserts a run en
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -52,8 +53,12 @@ def baselines_copy(tmp_path):
 
 
 @pytest.fixture
-def run_suite():
-    """The real conformance tests, run as a user runs them (see _run_suite)."""
+def run_suite(monkeypatch):
+    """The real conformance tests, run as a user runs them (see _run_suite). Without this self-test
+    run's PYTEST_XDIST_* variables: under -n a child would inherit them, and pytest-benchmark
+    disables its benchmarks when it sees them."""
+    for name in [k for k in os.environ if k.startswith("PYTEST_XDIST_")]:
+        monkeypatch.delenv(name)
     return _run_suite
 
 

@@ -177,12 +177,15 @@ def test_host_correction_compares_time_figures_in_host_units():
 
 
 def test_best_of_ranks_host_probed_figures_in_host_units():
-    """The faster raw measurement was taken on a faster host and is the worse one in host units."""
+    """The faster raw measurement was taken on a faster host and is the worse one in host units,
+    where the gate compares in host units; raw otherwise."""
     from csm_conformance.performance import _best_of
 
     fast_host = {"frame_ms_median": timed(20.0, 100.0)}
     slow_host = {"frame_ms_median": timed(24.0, 200.0)}
-    assert _best_of([fast_host, slow_host])["frame_ms_median"] == timed(24.0, 200.0)
+    assert _best_of([fast_host, slow_host], {"frame_ms_median"})["frame_ms_median"] == timed(24.0, 200.0)
+    # against a baseline without a probe the gate compares raw, and so does the ranking
+    assert _best_of([fast_host, slow_host])["frame_ms_median"] == timed(20.0, 100.0)
 
 
 @pytest.mark.timing
@@ -227,10 +230,10 @@ def test_host_reference_applies_on_the_cpu_by_default():
 
 
 def test_a_conftest_teaches_the_bandwidth_of_an_unknown_device(run_suite, pytester, monkeypatch, tmp_path):
-    """The csm_memory_bandwidth_gbps hook (plugin/hookspecs.py), implemented by a plugin of the
+    """The pytest_csm_memory_bandwidth_gbps hook (plugin/hookspecs.py), implemented by a plugin of the
     user's, gives the bandwidth floor a device the table lacks; --csm-memory-bandwidth still wins."""
     (pytester.path / "my_device_bandwidth.py").write_text(
-        "def csm_memory_bandwidth_gbps(device_name, device_type):\n    return 123.0 if device_type == 'cpu' else None\n")
+        "def pytest_csm_memory_bandwidth_gbps(device_name, device_type):\n    return 123.0 if device_type == 'cpu' else None\n")
     monkeypatch.setenv("PYTHONPATH", str(pytester.path))
     quick = ["-p", "my_device_bandwidth", "-k", "test_generation", "--csm-workload", "short_32t", "--csm-perf-modes", "eager",
              "--csm-perf-rounds", "1", "--csm-perf-warmup", "0", "--csm-perf-confirm", "0", f"--csm-baselines={tmp_path}"]
@@ -240,5 +243,5 @@ def test_a_conftest_teaches_the_bandwidth_of_an_unknown_device(run_suite, pytest
         assert result.ret == 0, result.stdout.str()[-3000:]
         report = json.loads((pytester.path / "output" / "performance_benchmark.json").read_text())
         infos.append(next(r["info"] for r in report["csm"]["results"] if r["case"] == "short_32t-b1-eager"))
-    assert (infos[0]["device_bandwidth_gbps"], infos[0]["bandwidth_source"]) == (123.0, "the csm_memory_bandwidth_gbps hook")
+    assert (infos[0]["device_bandwidth_gbps"], infos[0]["bandwidth_source"]) == (123.0, "the pytest_csm_memory_bandwidth_gbps hook")
     assert (infos[1]["device_bandwidth_gbps"], infos[1]["bandwidth_source"]) == (50.0, "--csm-memory-bandwidth")
