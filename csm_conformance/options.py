@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
+from . import host_speed
 from .errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,8 +163,9 @@ def settings_from(cli: dict, environ: dict | None = None, ini: dict | None = Non
         parse_tolerances(settings.csm_perf_tolerance)
     except ValueError as exc:
         raise OptionError(str(exc)) from None
-    if settings.csm_host_reference not in ("auto", "on", "off"):
-        raise OptionError(f"--csm-host-reference must be auto, on or off, got '{settings.csm_host_reference}'")
+    if settings.csm_host_reference not in host_speed.CHOICES:
+        raise OptionError(f"--csm-host-reference must be {', '.join(host_speed.CHOICES[:-1])} or {host_speed.CHOICES[-1]}, "
+                          f"got '{settings.csm_host_reference}'")
     if not 0 <= settings.csm_perf_noise_cap < 100:
         raise OptionError(f"--csm-perf-noise-cap must be a fraction >= 0, got {settings.csm_perf_noise_cap}")
     if settings.csm_perf_noise_factor < 0 or settings.csm_memory_bandwidth < 0:

@@ -96,7 +96,7 @@ class PerfJudge:
                                    "CPython's frame-chunk boundary can shift Python-bound timings (see README)")
         result.comparisons = compare_figures(entry["extra_info"]["figures"], figures, self.tolerances, self.session.device.type,
                                              self.settings.csm_perf_noise_factor, self.settings.csm_perf_noise_cap, self.host_correction)
-        host_note = self._host_note(entry["extra_info"]["figures"], figures, result.comparisons)
+        host_note = self._host_note(result.comparisons)
         if host_note:
             result.messages.append(host_note)
         regressed = [c for c in result.comparisons if c.verdict == "regressed"]
@@ -111,7 +111,7 @@ class PerfJudge:
                                    + "; promote this run to make it the new baseline")
         return result
 
-    def _host_note(self, baseline: dict, now: dict, comparisons: list[Comparison]) -> str | None:
+    def _host_note(self, comparisons: list[Comparison]) -> str | None:
         """What the host-speed correction did, so that a reader sees which numbers were compared."""
         if not self.host_correction or not any(GATED[c.metric][0] == "time" for c in comparisons):
             return None

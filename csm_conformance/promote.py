@@ -17,9 +17,9 @@ from pathlib import Path
 
 from . import report_schema
 from .bounds import BaselineError
+from .errors import UserError
 from .options import ROOT
 from .perf_baselines import promote
-from .report_schema import ReportSchemaError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             raise BaselineError(f"{run_path} is not a csm-conformance performance run (no 'csm' block)")
         report_schema.validate(run["csm"], "performance", str(run_path))
         written = promote(run, Path(args.baselines), allow_regressions=args.allow_regressions)
-    except (BaselineError, ReportSchemaError, KeyError, TypeError) as exc:
-        message = (str(exc) if isinstance(exc, (BaselineError, ReportSchemaError))
+    except (UserError, KeyError, TypeError) as exc:  # a bad baseline or report (BaselineError, ReportSchemaError): its own line
+        message = (str(exc) if isinstance(exc, UserError)
                    else f"{run_path} is not a csm-conformance performance run ({type(exc).__name__}: {exc})")
         print(f"csm-conformance promote: {message}", file=sys.stderr)
         return 2
