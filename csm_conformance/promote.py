@@ -1,56 +1,9 @@
-"""Promote a performance run to the stored baseline for its machine, model, dtype and mode.
+"""`python -m csm_conformance.promote`: the documented name of the tool in tools/promote.py; this entry
+module only keeps that name stable (tests/selftest/test_architecture.py checks it stays this thin)."""
 
-    python -m csm_conformance.promote                      # output/performance_benchmark.json
-    python -m csm_conformance.promote --run RUN.json --baselines DIR [--allow-regressions]
-
-Runs with planted faults or failed tests are refused; a run that regressed is refused unless
---allow-regressions says the slower stack is accepted on purpose. Entries for workloads the run
-did not time are kept from the old baseline.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-from pathlib import Path
 
-from . import report_schema
-from .bounds import BaselineError
-from .errors import UserError
-from .options import ROOT
-from .perf_baselines import promote
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m csm_conformance.promote", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="output/performance_benchmark.json", help="the run to promote (default: %(default)s)")
-    parser.add_argument("--baselines", default=str(ROOT / "baselines"), help="baselines directory (default: the repo's baselines/)")
-    parser.add_argument("--allow-regressions", action="store_true", help="accept a run that regressed as the new baseline")
-    args = parser.parse_args(argv)
-    run_path = Path(args.run)
-    try:
-        if not run_path.is_file():
-            raise BaselineError(f"{run_path} does not exist: run the performance tests first (pytest -m performance)")
-        try:
-            run = json.loads(run_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BaselineError(f"{run_path} is not valid JSON ({exc})") from None
-        if not isinstance(run, dict) or "csm" not in run:
-            raise BaselineError(f"{run_path} is not a csm-conformance performance run (no 'csm' block)")
-        report_schema.validate(run["csm"], "performance", str(run_path))
-        written = promote(run, Path(args.baselines), allow_regressions=args.allow_regressions)
-    except (UserError, KeyError, TypeError) as exc:  # a bad baseline or report (BaselineError, ReportSchemaError): its own line
-        message = (str(exc) if isinstance(exc, UserError)
-                   else f"{run_path} is not a csm-conformance performance run ({type(exc).__name__}: {exc})")
-        print(f"csm-conformance promote: {message}", file=sys.stderr)
-        return 2
-    csm = run["csm"]
-    print(f"promoted {len(run['benchmarks'])} benchmark(s) of {csm['model']['key']} on {csm['device']['fingerprint']} ({csm['dtype']}):")
-    for path in written:
-        print(f"  {path}")
-    return 0
-
+from csm_conformance.tools.promote import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,8 +39,8 @@ uses _per_frame_slowdown).
 
 from __future__ import annotations
 
-from .errors import FaultError, PlantedFaultError
-from .numeric import (
+from csm_conformance.faults.errors import FaultError, PlantedFaultError
+from csm_conformance.faults.numeric import (
     _cache_length,
     _cross_version_change,
     _drop_rope_scaling,
@@ -50,7 +50,7 @@ from .numeric import (
     _shift_attention_mask,
     _shifted_mask,
 )
-from .per_frame import (
+from csm_conformance.faults.per_frame import (
     _at_frame,
     _hang_at,
     _per_frame_leak,
@@ -61,7 +61,7 @@ from .per_frame import (
     _transient_sleep,
     _wait,
 )
-from .spec import _number, apply_fault
+from csm_conformance.faults.spec import _number, apply_fault
 
 __all__ = [
     "FaultError", "PlantedFaultError", "apply_fault",

@@ -7,7 +7,7 @@ package re-exports them there.
 
 from __future__ import annotations
 
-from ..errors import UserError
+from csm_conformance.errors import UserError
 
 
 class FaultError(UserError, ValueError):

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from .errors import FaultError
+from csm_conformance.faults.errors import FaultError
 
 
 def _perturb_weight(model: torch.nn.Module, name: str, scale: float) -> str:
-    from ..tiny_model import canonical_name
+    from csm_conformance.runtime.tiny_model import canonical_name
 
     params = dict(model.named_parameters())
     if name not in params:  # accept checkpoint (4.x) names too, e.g. codec_model.decoder.layers.0...

@@ -8,8 +8,8 @@ import time
 
 import torch
 
-from .. import clock, devices
-from .errors import PlantedFaultError
+from csm_conformance.faults.errors import PlantedFaultError
+from csm_conformance.runtime import clock, devices
 
 
 def _per_frame_sleep(model: torch.nn.Module, seconds: float) -> None:

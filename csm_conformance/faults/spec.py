@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .errors import FaultError
-from .numeric import _cross_version_change, _drop_rope_scaling, _fp16_matmul, _nan_activation, _perturb_weight, _shift_attention_mask
-from .per_frame import _at_frame, _hang_at, _per_frame_leak, _per_frame_sleep, _per_frame_slowdown, _raise_at, _transient_sleep
+from csm_conformance.faults.errors import FaultError
+from csm_conformance.faults.numeric import _cross_version_change, _drop_rope_scaling, _fp16_matmul, _nan_activation, _perturb_weight, _shift_attention_mask
+from csm_conformance.faults.per_frame import _at_frame, _hang_at, _per_frame_leak, _per_frame_sleep, _per_frame_slowdown, _raise_at, _transient_sleep
 
 
 def _number(spec: str, text: str) -> float:

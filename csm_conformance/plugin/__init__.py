@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import pytest
 
-from . import hookspecs
-from .assertions import assert_passed, assert_perf, skip_or_fail_disabled
-from .fixtures import csm, csm_perf
-from .hooks import (
+from csm_conformance.plugin import hookspecs
+from csm_conformance.plugin.assertions import assert_passed, assert_perf, skip_or_fail_disabled
+from csm_conformance.plugin.fixtures import csm, csm_perf
+from csm_conformance.plugin.hooks import (
     pytest_addoption,
     pytest_benchmark_update_machine_info,
     pytest_collection_modifyitems,
@@ -44,8 +44,8 @@ from .hooks import (
     pytest_testnodedown,
     pytest_xdist_auto_num_workers,
 )
-from .state import GATE_MARKERS, NOT_SELECTED, SESSION_KEY, SETUP_ERROR_KEY, STATE_KEY, WIRE_KEY, RunState
-from .summary import pytest_terminal_summary
+from csm_conformance.plugin.state import GATE_MARKERS, NOT_SELECTED, SESSION_KEY, SETUP_ERROR_KEY, STATE_KEY, WIRE_KEY, RunState
+from csm_conformance.plugin.summary import pytest_terminal_summary
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:

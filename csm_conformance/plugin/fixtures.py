@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from .. import perf_reporting, reporting
-from ..bounds import BaselineError
-from ..session import ConformanceError, ConformanceSession
-from .state import SETUP_ERROR_KEY, _session, _state, _worker_id
+from csm_conformance.baseline_files import BaselineError
+from csm_conformance.plugin.state import SETUP_ERROR_KEY, _session, _state, _worker_id
+from csm_conformance.reports import accuracy_report as reporting
+from csm_conformance.reports import performance_report as perf_reporting
+from csm_conformance.suite.session import ConformanceError, ConformanceSession
 
 
 def _load_or_exit(request: pytest.FixtureRequest, load) -> ConformanceSession:

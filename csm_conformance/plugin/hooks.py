@@ -8,11 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from .. import devices, perf_reporting, reporting, rootfix
-from ..errors import UserError
-from ..options import OPTIONS, OptionError
-from ..session import ConformanceSession
-from .state import (
+from csm_conformance.errors import UserError
+from csm_conformance.plugin.state import (
     GATE_MARKERS,
     NOT_SELECTED,
     SESSION_KEY,
@@ -28,6 +25,12 @@ from .state import (
     _worker_id,
     _worker_index,
 )
+from csm_conformance.reports import accuracy_report as reporting
+from csm_conformance.reports import performance_report as perf_reporting
+from csm_conformance.runtime import devices
+from csm_conformance.suite import rootfix
+from csm_conformance.suite.options import OPTIONS, OptionError
+from csm_conformance.suite.session import ConformanceSession
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

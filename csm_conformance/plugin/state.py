@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from .. import reporting
-from ..options import OPTIONS, Settings, settings_from
-from ..session import ConformanceSession
+from csm_conformance.reports import accuracy_report as reporting
+from csm_conformance.suite.options import OPTIONS, Settings, settings_from
+from csm_conformance.suite.session import ConformanceSession
 
 SESSION_KEY = pytest.StashKey[ConformanceSession]()
 SETUP_ERROR_KEY = pytest.StashKey[str]()

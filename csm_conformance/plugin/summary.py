@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from .. import perf_reporting, reporting
-from .state import RunState, _is_xdist_controller, _session, _state
+from csm_conformance.plugin.state import RunState, _is_xdist_controller, _session, _state
+from csm_conformance.reports import accuracy_report as reporting
+from csm_conformance.reports import performance_report as perf_reporting
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from csm_conformance import golden, localize, metrics, probes, reporting
-from csm_conformance.bounds import BaselineError
+from csm_conformance.accuracy import golden, localize, metrics
+from csm_conformance.baseline_files import BaselineError
 from csm_conformance.plugin import assert_passed
-from csm_conformance.session import NonFiniteOutputError
+from csm_conformance.reports import accuracy_report as reporting
+from csm_conformance.runtime import probes
+from csm_conformance.suite.session import NonFiniteOutputError
 
 pytestmark = pytest.mark.accuracy
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from csm_conformance import known_issues, reporting
 from csm_conformance.plugin import assert_perf, skip_or_fail_disabled
+from csm_conformance.reports import accuracy_report as reporting
+from csm_conformance.runtime import known_issues
 
 pytestmark = pytest.mark.performance
 

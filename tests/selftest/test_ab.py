@@ -15,11 +15,11 @@ import time
 
 import pytest
 
-from csm_conformance.ab import stats
-from csm_conformance.ab.__main__ import main as ab_main
-from csm_conformance.ab.__main__ import parse_budget
-from csm_conformance.perf_baselines import compare_figures, parse_tolerances
-from csm_conformance.workloads import WorkloadError, load_tiers, tier_selection
+from csm_conformance.catalogue.workloads import WorkloadError, load_tiers, tier_selection
+from csm_conformance.performance.baselines import compare_figures, parse_tolerances
+from csm_conformance.tools.ab import stats
+from csm_conformance.tools.ab.cli import main as ab_main
+from csm_conformance.tools.ab.cli import parse_budget
 
 pytestmark = [pytest.mark.selftest, pytest.mark.timing]  # judged by wall-clock time: run alone (.ci/run)
 PY = sys.executable
@@ -79,7 +79,7 @@ def test_noise_can_no_longer_swallow_a_2x_slowdown_in_the_stored_gate():
 
 def test_tolerances_may_name_a_figure():
     tol = parse_tolerances(["time=5%", "cpu.time=10%", "cpu.prefill_ms=50%"])
-    from csm_conformance.perf_baselines import tolerance_for
+    from csm_conformance.performance.baselines import tolerance_for
 
     assert tolerance_for(tol, "cpu", "time", "prefill_ms") == (0.5, 0.0)
     assert tolerance_for(tol, "cpu", "time", "ttfa_ms") == (0.1, 0.0)
@@ -237,7 +237,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, fake_python, ca
     ("after-round2-hang", None),  # it hangs holding the turn (frame) or the round (round) of the BA pair
 ])
 def test_a_candidate_that_dies_or_hangs_while_timing_is_regressed(tmp_path, monkeypatch, fake_python, capsys, interleave, fail, expected):
-    from csm_conformance.ab import workers
+    from csm_conformance.tools.ab import workers
 
     monkeypatch.setattr(workers, "DEFAULT_TIMEOUT_S", 3.0)
     started = time.monotonic()
@@ -289,9 +289,9 @@ def test_a_handover_takes_the_other_sides_time_out_of_the_clock(monkeypatch):
     import threading
     import types
 
-    from csm_conformance import clock
-    from csm_conformance.ab import turns as turns_module
-    from csm_conformance.ab.turns import Turns
+    from csm_conformance.runtime import clock
+    from csm_conformance.tools.ab import turns as turns_module
+    from csm_conformance.tools.ab.turns import Turns
 
     def preempted_write(fd, data):
         written = os.write(fd, data)
@@ -339,7 +339,7 @@ def select_ready(fd) -> bool:
 def test_a_partner_that_never_hands_back_is_a_one_line_timeout():
     import os
 
-    from csm_conformance.ab.turns import Turns, TurnTimeout
+    from csm_conformance.tools.ab.turns import Turns, TurnTimeout
 
     mine_r, mine_w = os.pipe()
     theirs_r, theirs_w = os.pipe()

@@ -92,6 +92,70 @@ def test_the_cycle_check_finds_a_planted_lazy_cycle(tmp_path):
     assert cycles(import_graph(pkg, "pkg")) == [["pkg.a", "pkg.b"]]
 
 
+# The layers, bottom first (docs/architecture.md draws them). A module may import
+# only from layers below its own, lazy imports included; two parts of one layer (the two gates) never
+# import each other. A new top-level module or package must be given a layer here.
+LAYERS: list[set[str]] = [
+    {"errors"},  # the foundation: one base for a user's errors,
+    {"baseline_files"},  # and reading a stored baseline
+    {"catalogue"},  # what is run: cases, workloads
+    {"runtime"},  # devices, model loading, probes, clocks
+    {"faults"},  # planted faults (--csm-fault)
+    {"accuracy", "performance"},  # the two gates
+    {"reports"},  # console, JSON (with its schema), Allure
+    {"suite"},  # options, settings, the session object
+    {"plugin"},  # the pytest plugin
+    {"tools"},  # the command-line tools
+    ENTRY_MODULES := {"ab", "verdict", "localize", "fault_catalogue", "promote", "first_run", "stack_range"},
+]
+RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
+
+
+def layer_violations(graph: dict[str, set[str]], package: str, rank: dict[str, int]) -> list[str]:
+    """'a -> b' for every import that does not point down a layer."""
+    top = lambda module: module.split(".")[1] if module.count(".") else module
+    unplaced = sorted({top(m) for m in graph if m != package and top(m) not in rank})
+    bad = [f"{part}: no layer (add it to LAYERS)" for part in unplaced]
+    for module, imported in sorted(graph.items()):
+        for target in sorted(imported):
+            a, b = top(module), top(target)
+            if a != b and a in rank and b in rank and rank[a] <= rank[b]:
+                bad.append(f"{module} -> {target}")
+    return bad
+
+
+def test_imports_point_down_the_layers():
+    assert layer_violations(import_graph(PACKAGE, "csm_conformance"), "csm_conformance", RANK) == []
+
+
+def test_the_layer_check_finds_a_planted_upward_and_sideways_import(tmp_path):
+    pkg = tmp_path / "pkg"
+    for sub in ("low", "left", "right"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "low" / "a.py").write_text("def f():\n    from pkg.left import b  # lazy, upward\n")
+    (pkg / "left" / "b.py").write_text("from pkg.right import c  # sideways\nfrom pkg.low import a\n")
+    (pkg / "right" / "c.py").write_text("from pkg.low import a\n")
+    (pkg / "stray.py").write_text("")
+    rank = {"low": 0, "left": 1, "right": 1}
+    assert layer_violations(import_graph(pkg, "pkg"), "pkg", rank) == [
+        "stray: no layer (add it to LAYERS)",
+        "pkg.left.b -> pkg.right", "pkg.left.b -> pkg.right.c",  # the package and the module, both named by the import
+        "pkg.low.a -> pkg.left", "pkg.low.a -> pkg.left.b"]
+
+
+def test_the_entry_modules_only_keep_the_documented_names():
+    """`python -m csm_conformance.<tool>` names stay stable while the code lives in its layer; an
+    entry module holds nothing but the hand-over to the tool's main."""
+    entries = [PACKAGE / f"{name}.py" for name in ENTRY_MODULES - {"ab"}] + sorted((PACKAGE / "ab").glob("*.py"))
+    for path in entries:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        kinds = {type(node).__name__ for node in tree.body}
+        assert kinds <= {"Expr", "Import", "ImportFrom", "If"}, f"{path.name}: {kinds}"
+        assert len(path.read_text(encoding="utf-8").splitlines()) <= 12, path
+
+
 def test_modules_stay_small():
     sizes = {p.relative_to(PACKAGE).with_suffix("").as_posix(): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
     over = {name for name, lines in sizes.items() if lines > MAX_LINES}
@@ -122,7 +186,7 @@ def test_the_class_check_finds_a_planted_long_class(tmp_path):
 
 # One-line errors that are not (only) the user's to fix: the fault catalogue's runner failing to set
 # up, and an A/B worker process failing (a bad interpreter and a crash alike; the A/B tool words both).
-NOT_USER_ERRORS = {"csm_conformance.fault_catalogue.run.CatalogueRunError", "csm_conformance.ab.workers.WorkerError"}
+NOT_USER_ERRORS = {"csm_conformance.tools.fault_catalogue.run.CatalogueRunError", "csm_conformance.tools.ab.workers.WorkerError"}
 
 
 def test_every_one_line_error_is_a_user_error():

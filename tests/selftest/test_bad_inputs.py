@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from csm_conformance import cases, devices, models, tiny_model
-from csm_conformance.bounds import BaselineError, BoundsBook
-from csm_conformance.options import settings_from
-from csm_conformance.perf_baselines import BaselineFile
-from csm_conformance.session import ConformanceSession, NonFiniteOutputError
+from csm_conformance.accuracy.bounds import BoundsBook
+from csm_conformance.baseline_files import BaselineError
+from csm_conformance.catalogue import cases
+from csm_conformance.performance.baselines import BaselineFile
+from csm_conformance.runtime import devices, models, tiny_model
+from csm_conformance.suite.options import settings_from
+from csm_conformance.suite.session import ConformanceSession, NonFiniteOutputError
 
 pytestmark = pytest.mark.selftest
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +106,7 @@ def test_load_integrity_check_names_the_tensors(run_suite, pytester, model_dirs)
 def test_untied_codebook_embedding_is_found():
     """What transformers 5.0-5.20 do with a checkpoint that stores CSM's codebook embedding once:
     the backbone's copy is not tied to the stored one (and is left at its random initial values)."""
-    from csm_conformance.load_integrity import CODEBOOK_TIE, inspect_load
+    from csm_conformance.runtime.load_integrity import CODEBOOK_TIE, inspect_load
 
     model = models.ModelSource("tiny").load("cpu", torch.float32).model
     assert inspect_load(model, {}).clean
@@ -116,7 +118,7 @@ def test_untied_codebook_embedding_is_found():
 
 
 def test_embedded_checkpoint_blames_the_stack(monkeypatch):
-    from csm_conformance.load_integrity import LoadIntegrity
+    from csm_conformance.runtime.load_integrity import LoadIntegrity
 
     session = ConformanceSession(settings_from({"csm_case": ["short_en"]}, environ={}))
     session.load_models()

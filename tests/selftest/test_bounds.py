@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from csm_conformance import bounds, metrics
+from csm_conformance.accuracy import bounds, metrics
 
 pytestmark = pytest.mark.selftest
 

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from csm_conformance import cases, models, probes, tiny_model
+from csm_conformance.catalogue import cases
+from csm_conformance.runtime import models, probes, tiny_model
 
 pytestmark = pytest.mark.selftest
 

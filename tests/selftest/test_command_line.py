@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from csm_conformance import tiny_model
+from csm_conformance.runtime import tiny_model
 
 pytestmark = pytest.mark.selftest
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from csm_conformance import cli, synthesis
-from csm_conformance.cases import SAMPLE_RATE, speechlike_waveform
-from csm_conformance.options import OPTIONS
+from csm_conformance.catalogue.cases import SAMPLE_RATE, speechlike_waveform
+from csm_conformance.suite.options import OPTIONS
+from csm_conformance.tools import inference as cli
+from csm_conformance.tools import synthesis
 
 pytestmark = pytest.mark.selftest
 
@@ -164,7 +165,7 @@ def test_eval_performance_writes_the_seed_reports_at_pytests_call_depth(tmp_path
     document = json.loads((out / "performance_benchmark.json").read_text())
     [generation] = [b for b in document["benchmarks"] if b["extra_info"]["case"] == "short_4t-b1-eager"]
     # The committed baselines were timed under the `pytest` command; a wrapper that ran the tests
-    # deeper in the stack would shift Python-bound timings (README, "Caveat (CPython)").
+    # deeper in the stack would shift Python-bound timings (docs/performance.md, "Caveat (CPython)").
     recorded = json.loads(next((ROOT / "baselines" / "performance").rglob("*-eager.json")).read_text())
     depths = {b["extra_info"]["info"]["harness_stack_depth"] for b in recorded["benchmarks"]}
     assert generation["extra_info"]["info"]["harness_stack_depth"] in depths

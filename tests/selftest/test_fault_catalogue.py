@@ -14,8 +14,9 @@ import dataclasses
 import pytest
 import torch
 
-from csm_conformance import fault_catalogue as fc
-from csm_conformance import faults, models
+from csm_conformance import faults
+from csm_conformance.runtime import models
+from csm_conformance.tools import fault_catalogue as fc
 
 pytestmark = [pytest.mark.selftest, pytest.mark.timing]  # judged by wall-clock time: run alone (.ci/run)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from csm_conformance import first_run
-from csm_conformance.bounds import bound_from_measurement
+from csm_conformance.accuracy.bounds import bound_from_measurement
+from csm_conformance.tools import first_run
 
 pytestmark = pytest.mark.selftest
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from csm_conformance import report_schema
+from csm_conformance.reports import schema as report_schema
 
 pytestmark = pytest.mark.selftest
 
@@ -143,7 +143,7 @@ def test_cross_version_numeric_change_turns_drift_red(run_suite, pytester, fault
 
 def test_golden_drift_gate_catches_a_shifted_reference(run_suite, pytester, baselines_copy):
     """A stack change that moves the CPU reference itself (invisible to device-vs-CPU) fails drift."""
-    from csm_conformance import golden
+    from csm_conformance.accuracy import golden
 
     path = next((baselines_copy / "golden").rglob("short_en.safetensors"))
     tensors, meta = golden.load_golden(path)

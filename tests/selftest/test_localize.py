@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from csm_conformance import localize
+from csm_conformance.accuracy import localize
 from csm_conformance.faults import FaultError, apply_fault
-from csm_conformance.options import Settings
-from csm_conformance.session import ConformanceSession
+from csm_conformance.suite.options import Settings
+from csm_conformance.suite.session import ConformanceSession
 
 pytestmark = pytest.mark.selftest
 ROOT = Path(__file__).resolve().parents[2]

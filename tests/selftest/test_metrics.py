@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from csm_conformance import metrics
+from csm_conformance.accuracy import metrics
 
 pytestmark = pytest.mark.selftest
 

@@ -14,7 +14,8 @@ import types
 import pytest
 import torch
 
-from csm_conformance import devices, reporting
+from csm_conformance.reports import accuracy_report as reporting
+from csm_conformance.runtime import devices
 
 pytestmark = pytest.mark.selftest
 
@@ -87,8 +88,8 @@ def test_cpu_workers_all_run_on_the_cpu():
 
 def test_parts_survive_the_wire_and_merge_with_a_device_field():
     """What a worker sends through workeroutput comes back whole (every metric row, NaN included)."""
-    from csm_conformance.options import Settings
-    from csm_conformance.session import CheckResult, MetricRow
+    from csm_conformance.suite.options import Settings
+    from csm_conformance.suite.session import CheckResult, MetricRow
 
     def part(worker, device, value):
         meta = {"model": None, "device": {"spec": "cuda", "device": device, "type": "cuda", "name": "Fake", "count": 2},
@@ -144,7 +145,7 @@ def test_dist_each_runs_every_test_on_every_worker(run_suite, pytester):
 
 
 FAKE_CUDA_PLUGIN = '''
-"""Two CUDA devices as csm_conformance.devices sees them; records each process's device."""
+"""Two CUDA devices as csm_conformance.runtime.devices sees them; records each process's device."""
 import os
 import torch
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from csm_conformance import devices, models
-from csm_conformance.options import OptionError, settings_from
+from csm_conformance.runtime import devices, models
+from csm_conformance.suite.options import OptionError, settings_from
 
 pytestmark = pytest.mark.selftest
 
@@ -87,15 +87,15 @@ def test_model_key_names_baselines_and_reports_alike(tmp_path):
 INI_OVERRIDES = {"csm_perf_tolerance": "adds the CPU tolerances for shared CI machines"}
 
 
-def test_one_default_per_option_and_ini_and_readme_agree():
+def test_one_default_per_option_and_ini_and_option_reference_agree():
     """The option table is the only source of a default: Settings is derived from it, pytest.ini
-    may only restate a default (or override it on purpose, listed above), and the README's options
-    table names every option."""
+    may only restate a default (or override it on purpose, listed above), and the option reference
+    (docs/options.md, which the README links to) names every option and its environment twin."""
     import configparser
     from dataclasses import fields
     from pathlib import Path
 
-    from csm_conformance.options import OPTIONS, Settings, _convert
+    from csm_conformance.suite.options import OPTIONS, Settings, _convert
 
     root = Path(__file__).resolve().parents[2]
     assert [f.name for f in fields(Settings)] == [o.dest for o in OPTIONS]
@@ -109,6 +109,8 @@ def test_one_default_per_option_and_ini_and_readme_agree():
         assert key in by_dest, f"pytest.ini sets {key}, which is no option"
         if key not in INI_OVERRIDES:
             assert _convert(by_dest[key], raw, key) == by_dest[key].default, f"pytest.ini {key} = {raw} drifted from its default"
-    readme = (root / "README.md").read_text()
+    reference = (root / "docs" / "options.md").read_text()
     for opt in OPTIONS:
-        assert f"`{opt.flag}`" in readme, f"README lacks {opt.flag}"
+        assert f"`{opt.flag}`" in reference, f"docs/options.md lacks {opt.flag}"
+        assert f"`{opt.env}`" in reference, f"docs/options.md lacks {opt.env}"
+    assert "](docs/options.md)" in (root / "README.md").read_text(), "README does not link docs/options.md"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from csm_conformance import report_schema
+from csm_conformance.reports import schema as report_schema
 
 pytestmark = [pytest.mark.selftest, pytest.mark.timing]  # judged by wall-clock time: run alone (.ci/run)
 ROOT = Path(__file__).resolve().parents[2]

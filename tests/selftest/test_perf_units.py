@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from csm_conformance import bandwidth, timing
-from csm_conformance.bounds import BaselineError
-from csm_conformance.perf_baselines import BaselineFile, baseline_path, compare_figures, fingerprint_slug, parse_tolerances, promote
-from csm_conformance.workloads import WorkloadError, load_workloads, perf_cases
+from csm_conformance.baseline_files import BaselineError
+from csm_conformance.catalogue.workloads import WorkloadError, load_workloads, perf_cases
+from csm_conformance.performance import timing
+from csm_conformance.performance.baselines import BaselineFile, baseline_path, compare_figures, fingerprint_slug, parse_tolerances, promote
+from csm_conformance.runtime import bandwidth
 
 pytestmark = pytest.mark.selftest
 
@@ -119,7 +120,7 @@ def test_bandwidth_floor_of_full_size_csm():
     import torch
     from transformers import CsmForConditionalGeneration
 
-    from csm_conformance.models import random_full_config
+    from csm_conformance.runtime.models import random_full_config
 
     with torch.device("meta"):
         model = CsmForConditionalGeneration(random_full_config())
@@ -138,7 +139,7 @@ def test_bandwidth_floor_of_full_size_csm():
 
 
 def test_best_of_measurements_takes_each_figures_best_with_its_own_cv():
-    from csm_conformance.performance import _best_of
+    from csm_conformance.performance.run import _best_of
 
     first = {"rtf": {"value": 0.9, "cv": 0.01}, "frame_ms_median": {"value": 8.0, "cv": 0.02}, "peak_memory_mb": {"value": 10.0, "cv": 0.0}}
     second = {"rtf": {"value": 0.7, "cv": 0.05}, "frame_ms_median": {"value": float("nan"), "cv": 0.0}, "peak_memory_mb": {"value": 12.0, "cv": 0.0}}
@@ -170,7 +171,7 @@ def test_host_correction_compares_time_figures_in_host_units():
     assert doubled.verdict == "regressed" and doubled.change == pytest.approx(1.0)
     unprobed = compare_figures({"frame_ms_median": fig(20.0)}, clean, tol, "cpu", 3.0, host_correction=True)[0]
     assert unprobed.host_factor is None and unprobed.verdict == "regressed"
-    from csm_conformance.perf_baselines import comparison_table
+    from csm_conformance.performance.baselines import comparison_table
 
     table = "\n".join(comparison_table(list(corrected.values())))
     assert "host now/then" in table and "x1.500" in table
@@ -179,7 +180,7 @@ def test_host_correction_compares_time_figures_in_host_units():
 def test_best_of_ranks_host_probed_figures_in_host_units():
     """The faster raw measurement was taken on a faster host and is the worse one in host units,
     where the gate compares in host units; raw otherwise."""
-    from csm_conformance.performance import _best_of
+    from csm_conformance.performance.run import _best_of
 
     fast_host = {"frame_ms_median": timed(20.0, 100.0)}
     slow_host = {"frame_ms_median": timed(24.0, 200.0)}
@@ -194,8 +195,8 @@ def test_host_probe_is_out_of_the_frame_clock(monkeypatch):
     probe that spins 100 ms, several times the embedded model's frame on this VM (20-40 ms)."""
     import time as _time
 
-    from csm_conformance import host_speed
-    from csm_conformance.synthesis import load
+    from csm_conformance.runtime import host_speed
+    from csm_conformance.tools.synthesis import load
 
     loaded, _device = load("tiny", "cpu", "bfloat16")
     (case,) = perf_cases(load_workloads(None), ["eager"], ["short_32t"], (1,))
@@ -220,7 +221,7 @@ def test_host_probe_is_out_of_the_frame_clock(monkeypatch):
 
 
 def test_host_reference_applies_on_the_cpu_by_default():
-    from csm_conformance import host_speed
+    from csm_conformance.runtime import host_speed
 
     assert host_speed.applies("auto", "cpu") and not host_speed.applies("auto", "npu") and not host_speed.applies("auto", "cuda")
     assert host_speed.applies("on", "npu") and not host_speed.applies("off", "cpu")

@@ -1,4 +1,4 @@
-"""The report schemas (csm_conformance/schemas/): they are valid JSON Schema, a small report follows
+"""The report schemas (csm_conformance/reports/schemas/): they are valid JSON Schema, a small report follows
 them, and each kind of damage a reader must not swallow is a one-line error naming where it is.
 The real reports of a run are validated where the self-tests make them (test_gate, test_perf_gate)."""
 
@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from csm_conformance import report_schema
-from csm_conformance.report_schema import ReportSchemaError, validate
+from csm_conformance.reports import schema as report_schema
+from csm_conformance.reports.schema import ReportSchemaError, validate
 
 pytestmark = pytest.mark.selftest
 

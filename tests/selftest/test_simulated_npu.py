@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from csm_conformance.bounds import BaselineError
-from csm_conformance.perf_baselines import promote
+from csm_conformance.baseline_files import BaselineError
+from csm_conformance.performance.baselines import promote
 
 pytestmark = pytest.mark.selftest
 

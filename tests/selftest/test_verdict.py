@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from csm_conformance import verdict
+from csm_conformance.tools import verdict
 
 pytestmark = pytest.mark.selftest
 
@@ -215,7 +215,7 @@ def ab_doc(verdict_: str, after_transformers: str = "5.25.0", fault: list | None
     figure = {"figure": "frame_ms_median", "class": "time", "better": "lower", "unit": "ms", "tolerance": 0.05, "decision": decision,
               "pairs_used": 14 if decision != "INCONCLUSIVE" else None, "ratio": ratio, "low": low, "high": high, "level": 0.99,
               "pairs": 14, "before_median": 10.0, "after_median": 10.0 * ratio}
-    from csm_conformance.ab import report
+    from csm_conformance.tools.ab import report
 
     meta = {"kind": "A/B (two stacks)", "generated": "2026-11-29T00:00:00+00:00", "model": MODEL, "device": DEVICE, "dtype": "bfloat16",
             "before": {"python": "/b/python", "versions": {"torch": "2.13.0", "transformers": "5.24.0"}, "fault_notes": [], "threads": 1, "load_s": 1.0},

@@ -133,7 +133,7 @@ def test_csm_generate_matches_cpu(cache):
     (dynamic: torch.cat, static: index_copy_ into preallocated tensors) living on the card."""
     from transformers import AutoProcessor, CsmForConditionalGeneration
 
-    from csm_conformance import tiny_model
+    from csm_conformance.runtime import tiny_model
 
     path = str(tiny_model.ensure_tiny_model_dir())
     processor = AutoProcessor.from_pretrained(path)

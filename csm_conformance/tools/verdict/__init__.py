@@ -1,0 +1,53 @@
+"""The upgrade verdict: may the candidate stack replace the current one?
+
+Both stacks run the same gate on the same machine (`tox -e current,candidate`), each writing its
+reports to a directory: accuracy_evaluation.json, performance_benchmark.json, junit.xml and
+run_status.json. This module reads the two directories and decides:
+
+- REGRESSED when the candidate fails a test the current stack passed (an accuracy check outside its
+  stored bound or golden reference, a crash, a setup error such as a model that no longer loads),
+  or when a gated performance figure of the candidate is worse than the current stack's by more
+  than its tolerance (the run's own tolerances, widened to noise_factor x CV as the gate does);
+- INCONCLUSIVE when something needed for a judgement is missing: a report, a test the current
+  stack ran and the candidate did not, a different model/device/dtype, a planted fault, or a test
+  that fails on both stacks (a test the current stack fails and the candidate passes is a note);
+- SAFE otherwise.
+
+Performance comes from the paired A/B comparison when one is given (`--ab DIR`, the output of
+`python -m csm_conformance.ab` run on the two stacks' interpreters, as `tox -e verdict` does): per
+case and figure, the ratio candidate / current with its interval, REGRESSED or SAFE or
+INCONCLUSIVE as the A/B decided. Without it, the gate runs' own figures are compared as before
+(candidate against the current stack timed minutes earlier, tolerances widened by noise), which
+a busy machine can fool either way; the report says which method judged.
+
+Usage: python -m csm_conformance.verdict --before DIR --after DIR [--ab DIR] [--output DIR]
+Exit codes: 0 SAFE, 1 REGRESSED, 3 INCONCLUSIVE, 2 bad input (one line on stderr).
+
+The package, one module per job: evidence (reading and checking the run directories and the A/B
+report), judge (the decision), render (verdict.md, verdict.json), cli (the command line). Everything
+callers used from the former single module is re-exported here.
+"""
+
+from __future__ import annotations
+
+from csm_conformance.tools.verdict.cli import EXIT, main
+from csm_conformance.tools.verdict.evidence import (
+    AB_KEYS,
+    ACCURACY_FILE,
+    JUNIT_FILE,
+    NO_AB,
+    PERFORMANCE_FILE,
+    STATUS_FILE,
+    Side,
+    VerdictError,
+    read_ab,
+    read_side,
+)
+from csm_conformance.tools.verdict.judge import AccuracyRow, PerfRow, Verdict, decide
+from csm_conformance.tools.verdict.render import to_json, to_markdown
+
+__all__ = [
+    "AB_KEYS", "ACCURACY_FILE", "EXIT", "JUNIT_FILE", "NO_AB", "PERFORMANCE_FILE", "STATUS_FILE",
+    "AccuracyRow", "PerfRow", "Side", "Verdict", "VerdictError",
+    "decide", "main", "read_ab", "read_side", "to_json", "to_markdown",
+]

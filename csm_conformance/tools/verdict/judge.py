@@ -1,0 +1,202 @@
+"""Judging: REGRESSED, INCONCLUSIVE or SAFE from the two stacks' evidence (the rules are in the
+package docstring).
+
+Kept apart from reading and rendering so that the rules are in one place: what counts as the
+candidate getting worse (regressed), what is only missing evidence (missing), and what is a note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from csm_conformance.accuracy.metrics import known, to_error
+from csm_conformance.performance.baselines import compare_figures
+from csm_conformance.tools.verdict.evidence import ACCURACY_FILE, JUNIT_FILE, NO_AB, PERFORMANCE_FILE, Side
+
+
+@dataclass
+class AccuracyRow:
+    case: str
+    check: str
+    before: dict | None
+    after: dict | None
+
+    def status(self, which: dict | None) -> str:
+        return (which or {}).get("status", "not run")
+
+    def closest_metric(self) -> str | None:
+        """The metric of the candidate that uses the largest fraction of its bound."""
+        best, use = None, -1.0
+        for metric, row in ((self.after or {}).get("metrics") or {}).items():
+            value, bound = row.get("value"), row.get("bound")
+            if not known(metric) or not isinstance(value, (int, float)) or not isinstance(bound, (int, float)):
+                continue
+            err, lim = to_error(metric, value), to_error(metric, bound)
+            frac = err / lim if lim > 0 else (0.0 if err <= 0 else float("inf"))
+            if frac > use:
+                best, use = metric, frac
+        return best
+
+
+@dataclass
+class PerfRow:
+    case: str
+    before: dict | None
+    after: dict | None
+    comparisons: list = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        if self.before is None or self.after is None:
+            return "not compared"
+        verdicts = {c.verdict for c in self.comparisons}
+        return "regressed" if "regressed" in verdicts else "improved" if "improved" in verdicts else "ok"
+
+
+@dataclass
+class Verdict:
+    status: str
+    reasons: list[str]
+    before: Side
+    after: Side
+    accuracy: list[AccuracyRow]
+    performance: list[PerfRow]
+    notes: list[str] = field(default_factory=list)
+    ab: dict | None = None  # the A/B comparison's ab.json, when performance was judged by it
+    performance_method: str = "gate runs"  # or "ab" (the A/B comparison was asked for)
+
+    @property
+    def headline(self) -> str:
+        return self.status + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
+
+
+def _accuracy_rows(before: Side, after: Side) -> list[AccuracyRow]:
+    # under pytest-xdist --dist each, one (case, check) has a result per device
+    index = lambda side: {(r.get("device", ""), r["case"], r["check"]): r for r in (side.accuracy or {}).get("results", [])}  # noqa: E731
+    b, a = index(before), index(after)
+    return [AccuracyRow(case if not device else f"{case} ({device})", check, b.get(key), a.get(key))
+            for key in dict.fromkeys([*b, *a]) for device, case, check in [key]]
+
+
+def _perf_rows(before: Side, after: Side) -> list[PerfRow]:
+    index = lambda side: {r["case"]: r for r in ((side.performance or {}).get("csm") or {}).get("results", [])}  # noqa: E731
+    b, a = index(before), index(after)
+    settings = ((after.performance or before.performance or {}).get("csm") or {}).get("settings") or {}
+    tolerances = {k: tuple(v) for k, v in (settings.get("tolerances") or {}).items()}
+    noise_factor = float(settings.get("noise_factor", 3.0))
+    noise_cap = float(settings.get("noise_cap", 1e9))  # runs from before the cap: uncapped, as they were judged
+    device_type = ((after.meta.get("device") or {}).get("type")) or "cpu"
+    rows = []
+    for case in dict.fromkeys([*b, *a]):
+        row = PerfRow(case, b.get(case), a.get(case))
+        if row.before and row.after:
+            row.comparisons = compare_figures(row.before.get("figures") or {}, row.after.get("figures") or {}, tolerances, device_type, noise_factor, noise_cap)
+        rows.append(row)
+    return rows
+
+
+def _ab_findings(ab: dict, before: Side, after: Side) -> tuple[list[str], list[str], list[str]]:
+    """(regressed, missing, notes) from the A/B comparison, which must have run the two stacks the
+    gate runs describe."""
+    regressed, missing, notes = [], [], []
+    meta = after.meta or before.meta
+    ours = ((meta.get("model") or {}).get("key"), (meta.get("device") or {}).get("type"), meta.get("dtype"))
+    theirs = ((ab.get("model") or {}).get("key"), (ab.get("device") or {}).get("type"), ab.get("dtype"))
+    if all(ours) and ours != theirs:
+        missing.append(f"the A/B comparison ran {'/'.join(map(str, theirs))}, the gate runs {'/'.join(map(str, ours))}")
+    for label, side, key in (("before", before, "before"), ("after", after, "after")):
+        ran, gated = (ab.get(key) or {}).get("versions") or {}, side.versions
+        differ = [f"{pkg} {ran.get(pkg)} vs {gated.get(pkg)}" for pkg in ("torch", "transformers", "torch_npu")
+                  if pkg in gated and ran.get(pkg) != gated.get(pkg)]
+        if differ:
+            missing.append(f"the A/B comparison's {label} side is not the {side.label} stack: {', '.join(differ)}")
+        faults = (ab.get(key) or {}).get("fault_notes") or []
+        if faults:
+            missing.append(f"the A/B comparison planted a fault on its {label} side: {'; '.join(faults)}")
+    if ab["verdict"] == "REGRESSED":
+        # a comparison of other stacks, another model or with a planted fault cannot condemn the candidate
+        (missing if missing else regressed).extend(f"performance (A/B) {r}" for r in ab.get("reasons", []))
+    elif ab["verdict"] == "INCONCLUSIVE":
+        missing += [f"performance (A/B) undecided: {r}" for r in ab.get("reasons", [])]
+    notes.append(f"performance judged by the paired A/B comparison ({ab.get('kind', '?')}; {ab.get('budget', '?')}): {ab['verdict']}")
+    return regressed, missing, notes
+
+
+def decide(before: Side, after: Side, ab: dict | None = None) -> Verdict:
+    regressed, missing, notes = [], [], []
+    for side in (before, after):
+        if side.accuracy is None and side.performance is None and side.tests is None and side.status is None:
+            missing.append(f"no reports in {side.path} ({side.label})")
+        for fault in side.planted_faults():
+            missing.append(f"{side.label} run has a planted fault: {fault}")
+    if before.identity() != after.identity() and all(before.identity()) and all(after.identity()):
+        missing.append(f"different runs: {before.label} {'/'.join(before.identity())} vs {after.label} {'/'.join(after.identity())}")
+
+    setup_error = (after.status or {}).get("setup_error")
+    if setup_error and not (before.status or {}).get("setup_error"):
+        regressed.append(f"{after.label} stopped at setup: {setup_error}")
+    elif (before.status or {}).get("setup_error"):
+        missing.append(f"{before.label} stopped at setup: {before.status['setup_error']}")
+
+    if before.tests is not None and after.tests is not None:
+        before_failed = set(before.failed_tests())
+        new_failures = [t for t in after.failed_tests() if t not in before_failed]
+        if new_failures:
+            regressed.append(f"{len(new_failures)} test(s) fail only on {after.label}: " + ", ".join(t.split("::")[-1] for t in new_failures[:5])
+                             + (" ..." if len(new_failures) > 5 else ""))
+        both = sorted(t for t in before_failed if after.tests.get(t) in ("failed", "error"))
+        if both:
+            missing.append(f"{len(both)} test(s) fail on both stacks, so they cannot judge the candidate: "
+                           + ", ".join(t.split("::")[-1] for t in both[:3]) + (" ..." if len(both) > 3 else ""))
+        fixed = sorted(t for t in before_failed if after.tests.get(t) == "passed")
+        if fixed:
+            notes.append(f"{len(fixed)} test(s) fail on {before.label} and pass on {after.label}: " + ", ".join(t.split("::")[-1] for t in fixed[:5]))
+        not_run = [t for t, s in before.tests.items() if s != "skipped" and after.tests.get(t, "skipped") == "skipped"]
+        if not_run:
+            missing.append(f"{len(not_run)} test(s) ran on {before.label} but not on {after.label}: " + ", ".join(t.split("::")[-1] for t in not_run[:3]))
+        if not any(s != "skipped" for s in before.tests.values()):
+            missing.append(f"{before.label} ran no test")
+    else:
+        missing += [f"no {JUNIT_FILE} in {s.path} ({s.label})" for s in (before, after) if s.tests is None]
+
+    accuracy = _accuracy_rows(before, after)
+    if before.accuracy is None or after.accuracy is None:
+        missing += [f"no accuracy report ({ACCURACY_FILE}) for {s.label}" for s in (before, after) if s.accuracy is None]
+    else:
+        for row in accuracy:
+            if row.status(row.after) == "failed" and row.status(row.before) != "failed":
+                regressed.append(f"accuracy {row.case}/{row.check} outside its bound on {after.label}: "
+                                 + "; ".join((row.after or {}).get("messages", [])[:1]))
+            if row.after is None:
+                missing.append(f"accuracy {row.case}/{row.check} not run on {after.label}")
+
+    performance = [] if ab is not None else _perf_rows(before, after)
+    method = "gate runs" if ab is None else "ab"
+    if ab is NO_AB:
+        missing.append("no A/B report: the performance comparison stopped before writing one (see output/verdict/ab/ and its workers' logs)")
+        ab = None
+    elif ab is not None:
+        found = _ab_findings(ab, before, after)
+        regressed += found[0]
+        missing += found[1]
+        notes += found[2]
+    elif before.performance is None or after.performance is None:
+        missing += [f"no performance report ({PERFORMANCE_FILE}) for {s.label}" for s in (before, after) if s.performance is None]
+    else:
+        for row in performance:
+            if row.after is None:
+                missing.append(f"performance {row.case} not timed on {after.label}")
+            bad = [c for c in row.comparisons if c.verdict == "regressed"]
+            if bad:
+                worst = max(bad, key=lambda c: c.change - c.tolerance)
+                regressed.append(f"performance {row.case}: {worst.metric} {worst.change:+.1%} (tolerance +{worst.tolerance:.1%})"
+                                 + (f" and {len(bad) - 1} more figure(s)" if len(bad) > 1 else ""))
+        better = [r.case for r in performance if r.verdict == "improved"]
+        if better:
+            notes.append(f"faster or leaner on {after.label}: " + ", ".join(better))
+
+    status = "REGRESSED" if regressed else "INCONCLUSIVE" if missing else "SAFE"
+    reasons = regressed if regressed else missing
+    if regressed and missing:
+        notes += [f"also: {m}" for m in missing]
+    return Verdict(status, reasons, before, after, accuracy, performance, notes, ab, method)
