@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from csm_conformance.accuracy import metrics
+from csm_conformance.results import GateResult, Status
 
 
 @dataclass
@@ -31,21 +32,24 @@ class MetricRow:
 
 
 @dataclass
-class CheckResult:
+class CheckResult(GateResult):
+    """The accuracy gate's result for one check of one case (status: passed, failed, no-bound, saved)."""
+
     case: str
     check: str
     rows: list[MetricRow] = field(default_factory=list)
-    status: str = "passed"  # passed | failed | no-bound | saved
+    status: Status = Status.PASSED
     messages: list[str] = field(default_factory=list)
 
-    def failure_text(self) -> str:
-        return f"{self.case}/{self.check}: " + "; ".join(self.messages)
+    @property
+    def label(self) -> str:
+        return f"{self.case}/{self.check}"
 
     def as_dict(self) -> dict:
         return {
             "case": self.case,
             "check": self.check,
-            "status": self.status,
+            "status": self.status.value,
             "messages": self.messages,
             "metrics": {
                 r.metric: {"value": _json_float(r.value), "bound": _json_float(r.bound), "rule": r.rule, "ok": r.ok,

@@ -16,6 +16,7 @@ from csm_conformance.accuracy import metrics
 from csm_conformance.accuracy.bounds import build_bounds, write_bounds
 from csm_conformance.accuracy.check_results import CheckResult, MetricRow
 from csm_conformance.accuracy.model_checks import load_integrity_result
+from csm_conformance.results import Status
 
 
 class AccuracyGate:
@@ -39,7 +40,7 @@ class AccuracyGate:
         bad = {name: what for name, what in bad.items() if what}
         if not bad:
             return None
-        result = CheckResult(case, check, status="failed")
+        result = CheckResult(case, check, status=Status.FAILED)
         for name, what in bad.items():
             result.messages.append(f"{name} has non-finite values (NaN/Inf): {what}")
         self.session.results.append(result)
@@ -79,12 +80,12 @@ class AccuracyGate:
             result.rows.append(MetricRow(name, float(value), float(required), "invariant", bool(ok), op))
         result.messages = [r.describe() for r in result.rows if r.ok is False]
         if result.messages:
-            result.status = "failed"
+            result.status = Status.FAILED
         elif missing and not recording:
             where = s.bounds_file if s.bounds is not None else f"{s.bounds_file} (absent)"
             note = f"no bound stored for {', '.join(missing)} in {where}"
             result.messages.append(note)
-            result.status = "failed" if s.settings.csm_strict else "no-bound"
+            result.status = Status.FAILED if s.settings.csm_strict else Status.NO_BOUND
         if use_bounds:
             s.measured.setdefault(case, {})[check] = {k: v for k, v in values.items() if metrics.known(k)}
         s.results.append(result)
@@ -116,7 +117,7 @@ class AccuracyGate:
         s = self.session
         if not s.settings.csm_record_bounds or not s.results:
             return None
-        failed = [r for r in s.results if r.status == "failed"]
+        failed = [r for r in s.results if r.failed]
         if failed:
             return f"bounds NOT recorded: {len(failed)} check(s) failed, e.g. {failed[0].failure_text()}"
         if s.settings.csm_fault:

@@ -12,6 +12,7 @@ import torch
 
 from csm_conformance.accuracy.check_results import CheckResult, MetricRow
 from csm_conformance.catalogue.cases import PromptCase
+from csm_conformance.results import Status
 from csm_conformance.runtime import devices, probes
 
 
@@ -38,7 +39,7 @@ def load_integrity_result(reference, target, source) -> CheckResult | None:
     names = {"missing": "missing_tensors", "unexpected": "dropped_tensors", "untied": "untied_ties", "errors": "load_errors"}
     values = {f"{names[kind]}@{side}": float(len(items)) for side, loaded in loads
               for kind, items in loaded.integrity.as_dict().items()}
-    result = CheckResult("model", "load_integrity", status="failed" if problems else "passed")
+    result = CheckResult("model", "load_integrity", status=Status.FAILED if problems else Status.PASSED)
     result.rows = [MetricRow(name, value, 0.0, "invariant", value == 0.0, "==") for name, value in values.items()]
     if problems:
         versions = devices.software_versions()

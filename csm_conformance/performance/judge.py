@@ -11,14 +11,18 @@ import math
 from dataclasses import dataclass, field
 
 from csm_conformance.performance.baselines import GATED, BaselineFile, Comparison, baseline_path, compare_figures, comparison_table, parse_tolerances
+from csm_conformance.results import GateResult, Status
 from csm_conformance.runtime import host_speed
 
 
 @dataclass
-class PerfResult:
+class PerfResult(GateResult):
+    """The performance gate's result for one workload case (status: passed, improved, regressed,
+    no-baseline, failed, skipped)."""
+
     case: str
     mode: str
-    status: str  # passed | improved | regressed | no-baseline | failed | skipped
+    status: Status
     figures: dict = field(default_factory=dict)  # gated: name -> {"value", "cv"}
     info: dict = field(default_factory=dict)  # reported, never gated
     comparisons: list[Comparison] = field(default_factory=list)
@@ -27,7 +31,7 @@ class PerfResult:
     bench: dict | None = None  # the pytest-benchmark entry (stats + extra_info)
 
     def failure_text(self) -> str:
-        lines = [f"{self.case}: " + "; ".join(self.messages)]
+        lines = [super().failure_text()]
         if self.comparisons:
             lines += comparison_table(self.comparisons)
         return "\n".join(lines)
@@ -36,7 +40,7 @@ class PerfResult:
         return {
             "case": self.case,
             "mode": self.mode,
-            "status": self.status,
+            "status": self.status.value,
             "messages": self.messages,
             "figures": self.figures,
             "info": self.info,
@@ -69,10 +73,10 @@ class PerfJudge:
 
     def judge(self, case_id: str, mode: str, digest: str | None, figures: dict, info: dict) -> PerfResult:
         """The verdict on one measurement's figures; the caller keeps it (or not)."""
-        result = PerfResult(case_id, mode, "passed", figures, info)
+        result = PerfResult(case_id, mode, Status.PASSED, figures, info)
         nonfinite = [k for k, f in figures.items() if not math.isfinite(f["value"])]
         if nonfinite:
-            result.status = "failed"
+            result.status = Status.FAILED
             result.messages.append(f"non-finite figures: {', '.join(nonfinite)}")
             return result
         path = self.baseline_file(mode)
@@ -87,7 +91,7 @@ class PerfJudge:
         else:
             entry, why = baseline.entry(case_id, digest)
         if entry is None:
-            result.status = "failed" if self.settings.csm_strict else "no-baseline"
+            result.status = Status.FAILED if self.settings.csm_strict else Status.NO_BASELINE
             result.messages.append(f"{why}; promote one with: python -m csm_conformance.promote")
             return result
         old_depth = entry["extra_info"].get("info", {}).get("harness_stack_depth")
@@ -102,11 +106,11 @@ class PerfJudge:
         regressed = [c for c in result.comparisons if c.verdict == "regressed"]
         improved = [c for c in result.comparisons if c.verdict == "improved"]
         if regressed:
-            result.status = "regressed"
+            result.status = Status.REGRESSED
             result.messages.insert(0, "performance regressed in " + ", ".join(
                 f"{c.metric} {c.change:+.1%} > {c.tolerance:.1%}" for c in regressed) + f" (baseline {baseline.recorded})")
         elif improved:
-            result.status = "improved"
+            result.status = Status.IMPROVED
             result.messages.insert(0, "improved: " + ", ".join(f"{c.metric} {c.change:+.1%}" for c in improved)
                                    + "; promote this run to make it the new baseline")
         return result
@@ -131,6 +135,6 @@ def _confirmation_note(result: PerfResult, first_regressed: list[str], measureme
     parts = [f"{name} " + " -> ".join(f"{m[name]['value']:.4g}" for m in measurements)
              + (f" (gated {gated[name].change:+.1%}, {gated[name].verdict})" if name in gated else "")
              for name in first_regressed]
-    verdict = "confirmed" if result.status == "regressed" else "not confirmed: transient, the best measurement passes"
+    verdict = "confirmed" if result.status is Status.REGRESSED else "not confirmed: transient, the best measurement passes"
     return (f"regression in the first measurement {verdict} ({len(measurements) - 1} more measurement(s)): "
             + "; ".join(parts))

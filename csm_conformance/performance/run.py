@@ -32,6 +32,7 @@ from csm_conformance.performance import timing
 from csm_conformance.performance.baselines import GATED
 from csm_conformance.performance.figures import MIB, _best_of, _figure, generation_figures
 from csm_conformance.performance.judge import PerfJudge, PerfResult, _confirmation_note
+from csm_conformance.results import Status
 from csm_conformance.runtime import bandwidth, devices
 
 SEED = 0
@@ -109,7 +110,7 @@ class PerformanceRun:
             self.results.pop()  # judge() kept it; it is judged again below, with any confirmations
             measurements = [figures]
             first_regressed = [c.metric for c in judged.comparisons if c.verdict == "regressed"]
-            while judged.status == "regressed" and len(measurements) <= self.settings.csm_perf_confirm:
+            while judged.status is Status.REGRESSED and len(measurements) <= self.settings.csm_perf_confirm:
                 again: list[timing.RoundTiming] = []
                 for _ in range(rounds):
                     devices.synchronize(device)

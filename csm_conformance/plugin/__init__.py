@@ -17,10 +17,12 @@ modules below, which pytest never registers themselves (registering one too woul
 twice). A new hook or fixture must be added to the imports here, or pytest never sees it.
 
   state.py       stash keys, the run's state, where this process stands under pytest-xdist
-  hooks.py       options, configuration, collection, reports, the end of the session, xdist
+  hooks.py       options, configuration (it registers the run), collection, one-line failure reports
   fixtures.py    the session fixtures (csm, csm_perf)
-  assertions.py  assert_passed / assert_perf / skip_or_fail_disabled, called by the tests
-  summary.py     the console summary (pytest_terminal_summary)
+  assertions.py  assert_gate (both gates; assert_passed / assert_perf are its old names), skip_or_fail_disabled
+  run.py         SuiteRun: registered as a plugin per session, it owns the end of the run (finish:
+                 reports, run status, xdist hand-over; display: the console summary)
+  summary.py     the console summary's formatting
   hookspecs.py   hooks a user's conftest.py implements (pytest_csm_memory_bandwidth_gbps), added here
 """
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 import pytest
 
 from csm_conformance.plugin import hookspecs
-from csm_conformance.plugin.assertions import assert_passed, assert_perf, skip_or_fail_disabled
+from csm_conformance.plugin.assertions import assert_gate, assert_passed, assert_perf, skip_or_fail_disabled
 from csm_conformance.plugin.fixtures import csm, csm_perf
 from csm_conformance.plugin.hooks import (
     pytest_addoption,
@@ -40,12 +42,10 @@ from csm_conformance.plugin.hooks import (
     pytest_load_initial_conftests,
     pytest_report_header,
     pytest_runtest_makereport,
-    pytest_sessionfinish,
-    pytest_testnodedown,
     pytest_xdist_auto_num_workers,
 )
+from csm_conformance.plugin.run import SuiteRun
 from csm_conformance.plugin.state import GATE_MARKERS, NOT_SELECTED, SESSION_KEY, SETUP_ERROR_KEY, STATE_KEY, WIRE_KEY, RunState
-from csm_conformance.plugin.summary import pytest_terminal_summary
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -64,17 +64,16 @@ __all__ = [
     "pytest_load_initial_conftests",
     "pytest_report_header",
     "pytest_runtest_makereport",
-    "pytest_sessionfinish",
-    "pytest_terminal_summary",
-    "pytest_testnodedown",
     "pytest_xdist_auto_num_workers",
     # fixtures, likewise
     "csm",
     "csm_perf",
     # for the tests and other plugins
+    "assert_gate",
     "assert_passed",
     "assert_perf",
     "skip_or_fail_disabled",
+    "SuiteRun",
     "SESSION_KEY",
     "SETUP_ERROR_KEY",
     "STATE_KEY",

@@ -1,6 +1,6 @@
 """The helpers a gate test calls to turn its result into a verdict: fail with the gate's one
 line, warn when no bound or baseline is stored, skip when nothing was timed. Tests import them
-from csm_conformance.plugin."""
+from csm_conformance.plugin. One assertion serves both gates, because both return a GateResult."""
 
 from __future__ import annotations
 
@@ -8,13 +8,7 @@ import warnings
 
 import pytest
 
-
-def assert_perf(result) -> None:
-    """Fail on a regression with its table; report a missing baseline (a failure under --csm-strict)."""
-    if result.status in ("regressed", "failed"):
-        pytest.fail(result.failure_text(), pytrace=False)
-    if result.status == "no-baseline":
-        warnings.warn(result.failure_text(), pytest.PytestWarning, stacklevel=2)
+from csm_conformance.results import GateResult
 
 
 def skip_or_fail_disabled(benchmark, config: pytest.Config) -> None:
@@ -24,9 +18,15 @@ def skip_or_fail_disabled(benchmark, config: pytest.Config) -> None:
         pytest.skip("benchmarks are disabled (--benchmark-disable): nothing was timed")
 
 
-def assert_passed(result) -> None:
-    """Fail the calling test with the gate's one-line verdict; report a missing bound as a warning."""
-    if result.status == "failed":
+def assert_gate(result: GateResult) -> None:
+    """Fail the calling test with the gate's verdict (a failed check, a confirmed regression: its
+    one line, and the comparison table for performance); a missing bound or baseline is a warning
+    (a failure already, under --csm-strict)."""
+    if result.failed:
         pytest.fail(result.failure_text(), pytrace=False)
-    if result.status == "no-bound":
+    if result.status.unjudged:
         warnings.warn(result.failure_text(), pytest.PytestWarning, stacklevel=2)
+
+
+# the names the tests used before the two gates shared one result type
+assert_passed = assert_perf = assert_gate

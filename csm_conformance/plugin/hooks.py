@@ -1,6 +1,7 @@
 """The plugin's hooks: options, configuration and the header, case parametrization and
-collection, the one-line failure and strict-skip reports, and the end of the session (reports,
-run status, the results each pytest-xdist worker sends its controller)."""
+collection, and the one-line failure and strict-skip reports. The end of the session (reports, run
+status, the results each pytest-xdist worker sends its controller, the console summary) belongs to
+the run object that pytest_configure registers (run.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ from pathlib import Path
 import pytest
 
 from csm_conformance.errors import UserError
+from csm_conformance.plugin.run import PLUGIN_NAME, SuiteRun
 from csm_conformance.plugin.state import (
     GATE_MARKERS,
     NOT_SELECTED,
     SESSION_KEY,
-    SETUP_ERROR_KEY,
     STATE_KEY,
-    WIRE_KEY,
     RunState,
     _is_xdist_controller,
     _session,
@@ -26,7 +26,7 @@ from csm_conformance.plugin.state import (
     _worker_index,
 )
 from csm_conformance.reports import accuracy_report as reporting
-from csm_conformance.reports import performance_report as perf_reporting
+from csm_conformance.results import Status
 from csm_conformance.runtime import devices
 from csm_conformance.suite import rootfix
 from csm_conformance.suite.options import OPTIONS, OptionError
@@ -74,6 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"csm-conformance: {exc}") from None
     config.stash[SESSION_KEY] = session
     config.stash[STATE_KEY] = state
+    config.pluginmanager.register(SuiteRun(config, session, state), PLUGIN_NAME)  # owns the end of the run (run.py)
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
@@ -179,7 +180,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         _state(item.config).skipped.append({
             "test": item.nodeid, "marker": marker, "case": callspec.id if callspec else "-",
             "check": getattr(item, "originalname", item.name).removeprefix("test_"),
-            "status": "failed" if strict else "skipped", "reason": reason,
+            "status": (Status.FAILED if strict else Status.SKIPPED).value, "reason": reason,
         })
 
 
@@ -187,71 +188,6 @@ def _skip_reason(report: pytest.TestReport) -> str:
     longrepr = report.longrepr
     text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
     return text.removeprefix("Skipped: ").strip().splitlines()[0] if text.strip() else "skipped"
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    conf = _session(config)
-    if conf is None:
-        return
-    state = _state(config)
-    if _is_xdist_controller(config):
-        _finish_controller(session, conf, state)
-        _write_run_status(session, conf, state)
-        return
-    worker = _worker_id(config)
-    part = reporting.Part.of(conf, worker, [s for s in state.skipped if s["marker"] == "accuracy"],
-                             state.model_loads, config.stash.get(SETUP_ERROR_KEY, None))
-    if conf.results:
-        conf.finish()
-        if conf.record_outcome and conf.record_outcome.startswith("bounds NOT"):
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        part.record_outcome = conf.record_outcome
-    if part.results:
-        state.parts = [part]
-        state.report_paths = reporting.write_reports(state.parts, conf.settings)
-    state.perf_skipped = [s for s in state.skipped if s["marker"] == "performance"]
-    if conf.perf.results:
-        bs = getattr(config, "_benchmarksession", None)
-        machine_info = bs.get_machine_info() if bs is not None else {}
-        commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config) if bs is not None else {}
-        import pytest_benchmark
-
-        state.perf_report_paths = perf_reporting.write_reports(conf.perf, machine_info, commit_info,
-                                                               pytest_benchmark.__version__, state.perf_skipped)
-    if worker:
-        config.workeroutput[WIRE_KEY] = {"accuracy": part.to_wire(), "performance_skipped": state.perf_skipped}
-    else:
-        _write_run_status(session, conf, state)
-
-
-def _write_run_status(session: pytest.Session, conf: ConformanceSession, state: RunState) -> None:
-    """run_status.json: how the run ended, for the upgrade verdict. A run that stopped at setup
-    (a model that no longer loads) leaves no other report that says so."""
-    setup_error = session.config.stash.get(SETUP_ERROR_KEY, None) or next((p.setup_error for p in state.parts if p.setup_error), None)
-    reporting.write_run_status(conf.settings.output_dir, int(session.exitstatus), setup_error, state.down)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error) -> None:
-    """pytest-xdist controller: keep what a finished worker sent (see pytest_sessionfinish)."""
-    state = _state(node.config)
-    payload = (getattr(node, "workeroutput", None) or {}).get(WIRE_KEY)
-    worker = node.workerinput.get("workerid", "?") if getattr(node, "workerinput", None) else "?"
-    if payload:
-        state.parts.append(reporting.Part.from_wire(payload["accuracy"]))
-        state.perf_skipped += payload["performance_skipped"]
-    if error is not None:
-        state.down.append(f"{worker} went down before sending its results: {error}")
-
-
-def _finish_controller(session: pytest.Session, conf: ConformanceSession, state: RunState) -> None:
-    """One merged report from every worker's part, in the run's output directory."""
-    state.parts = reporting.sort_parts(state.parts)
-    if any(p.setup_error for p in state.parts):
-        session.exitstatus = pytest.ExitCode.USAGE_ERROR
-    if any(p.results for p in state.parts):
-        state.report_paths = reporting.write_reports(state.parts, conf.settings)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -1,22 +1,19 @@
-"""The console summary at the end of the run (pytest_terminal_summary): the accuracy table, the
-performance table, and the lines that say a worker or the setup failed. Apart from the hooks
-because it is formatting only: it reads the run's state and writes lines."""
+"""The console summary at the end of the run (SuiteRun.display, from pytest_terminal_summary): the
+accuracy table, the performance table, and the lines that say a worker or the setup failed. Apart
+from the run because it is formatting only: it reads the run's state and writes lines."""
 
 from __future__ import annotations
 
 import pytest
 
-from csm_conformance.plugin.state import RunState, _is_xdist_controller, _session, _state
+from csm_conformance.plugin.state import RunState, _is_xdist_controller
 from csm_conformance.reports import accuracy_report as reporting
 from csm_conformance.reports import performance_report as perf_reporting
+from csm_conformance.results import Status
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    conf = _session(config)
-    if conf is None:
-        return
-    state = _state(config)
-    tr = terminalreporter
+def display(tr, conf, state: RunState, config: pytest.Config) -> None:
+    """The console summary of the run (SuiteRun.display): accuracy, performance, failed set-ups."""
     if any(p.results for p in state.parts):
         _accuracy_summary(tr, conf, state)
     elif _is_xdist_controller(config) and state.parts:
@@ -46,9 +43,9 @@ def _performance_summary(tr, conf, state: RunState) -> None:
     for line in perf_reporting.console_table(conf.perf):
         tr.write_line(line)
     for r in conf.perf.results:
-        if r.status in ("regressed", "improved"):
-            tr.write_line(f"{r.case}: {r.messages[0]}", red=r.status == "regressed", green=r.status == "improved")
-    missing = [r for r in conf.perf.results if r.status == "no-baseline"]
+        if r.status in (Status.REGRESSED, Status.IMPROVED):
+            tr.write_line(f"{r.case}: {r.messages[0]}", red=r.failed, green=r.status is Status.IMPROVED)
+    missing = [r for r in conf.perf.results if r.status is Status.NO_BASELINE]
     if missing:
         tr.write_line(f"{len(missing)} case(s) have no baseline for {conf.device.fingerprint}: e.g. {missing[0].messages[-1]}", yellow=True)
     for path in state.perf_report_paths:

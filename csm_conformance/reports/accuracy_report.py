@@ -92,7 +92,7 @@ class Part:
         return {
             **{k: getattr(self, k) for k in ("worker", "meta", "fault_notes", "record_outcome", "bounds_file",
                                              "bounds_present", "model_loads", "setup_error")},
-            "results": [{"case": r.case, "check": r.check, "status": r.status, "messages": list(r.messages),
+            "results": [{"case": r.case, "check": r.check, "status": r.status.value, "messages": list(r.messages),
                          "rows": [asdict(row) for row in r.rows]} for r in self.results],
         }
 
@@ -187,7 +187,7 @@ def long_table(parts: list[Part]) -> list[str]:
 def status_counts(parts: list[Part]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for _, res in _rows(parts):
-        counts[res.status] = counts.get(res.status, 0) + 1
+        counts[res.status.value] = counts.get(res.status.value, 0) + 1
     return counts
 
 

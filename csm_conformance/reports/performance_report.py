@@ -10,9 +10,10 @@ from pathlib import Path
 
 from csm_conformance.performance.baselines import comparison_table
 from csm_conformance.reports import schema as report_schema
+from csm_conformance.results import Status
 
-STATUS_MARK = {"passed": "ok", "improved": "IMPROVED", "regressed": "REGRESSED", "no-baseline": "no baseline",
-               "failed": "FAILED", "skipped": "skipped"}
+STATUS_MARK = {Status.PASSED: "ok", Status.IMPROVED: "IMPROVED", Status.REGRESSED: "REGRESSED", Status.NO_BASELINE: "no baseline",
+               Status.FAILED: "FAILED", Status.SKIPPED: "skipped"}
 
 
 def _fmt(value, spec: str) -> str:
@@ -101,7 +102,7 @@ def write_reports(perf, machine_info: dict, commit_info: dict, version: str, ski
     model = meta["model"]
     counts: dict[str, int] = {}
     for r in perf.results:
-        counts[r.status] = counts.get(r.status, 0) + 1
+        counts[r.status.value] = counts.get(r.status.value, 0) + 1
     for sk in skipped:
         counts[sk["status"]] = counts.get(sk["status"], 0) + 1
     lines = [
@@ -152,7 +153,7 @@ def plot_png(perf) -> bytes | None:
         now = [r.figures[metric]["value"] for r in results]
         base = [_baseline_value(r, metric) for r in results]
         ax.bar([i - 0.2 for i in x], [b if b is not None else 0 for b in base], width=0.4, label="baseline", color="#999999")
-        colors = ["#c0392b" if r.status == "regressed" else "#2e86c1" for r in results]
+        colors = ["#c0392b" if r.failed else "#2e86c1" for r in results]
         ax.bar([i + 0.2 for i in x], now, width=0.4, label="now", color=colors)
         for i, b in zip(x, base):
             if b is None:

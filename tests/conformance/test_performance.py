@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from csm_conformance.plugin import assert_perf, skip_or_fail_disabled
+from csm_conformance.plugin import assert_gate, skip_or_fail_disabled
 from csm_conformance.reports import accuracy_report as reporting
 from csm_conformance.runtime import known_issues
 
@@ -25,7 +25,7 @@ def test_generation(csm_perf, perf_case, benchmark, request):
             raise
         pytest.skip(issue.reason)
     reporting.attach_json(f"{perf_case.id} performance", result.as_dict())
-    assert_perf(result)
+    assert_gate(result)
 
 
 def test_model_load(csm_perf, benchmark, request):
@@ -34,4 +34,4 @@ def test_model_load(csm_perf, benchmark, request):
     benchmark.group = "load"
     result = csm_perf.perf.time_load(benchmark)
     reporting.attach_json("model_load performance", result.as_dict())
-    assert_perf(result)
+    assert_gate(result)

@@ -96,7 +96,7 @@ def test_the_cycle_check_finds_a_planted_lazy_cycle(tmp_path):
 # only from layers below its own, lazy imports included; two parts of one layer (the two gates) never
 # import each other. A new top-level module or package must be given a layer here.
 LAYERS: list[set[str]] = [
-    {"errors"},  # the foundation: one base for a user's errors,
+    {"errors", "results"},  # the foundation: one base for a user's errors, one status and result type,
     {"baseline_files"},  # and reading a stored baseline
     {"catalogue"},  # what is run: cases, workloads
     {"runtime"},  # devices, model loading, probes, clocks
@@ -207,3 +207,36 @@ def test_every_one_line_error_is_a_user_error():
                 one_line[f"{obj.__module__}.{obj.__qualname__}"] = obj
     assert len(one_line) >= 10, sorted(one_line)
     assert sorted(n for n, c in one_line.items() if not issubclass(c, UserError) and n not in NOT_USER_ERRORS) == []
+
+
+def orchestration(path: Path) -> list[str]:
+    """What in a test module is not specification: module-level helpers (functions that are neither
+    a test nor a fixture) and edits of a result's verdict (its status or messages)."""
+    found = []
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("test_") and not any(
+                "fixture" in ast.unparse(d) for d in node.decorator_list):
+            found.append(f"{path.name}:{node.lineno} helper {node.name}()")
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AugAssign) else []
+        calls = [node.func.value] if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) else []
+        for target in targets + calls:
+            if isinstance(target, ast.Attribute) and target.attr in ("status", "messages"):
+                found.append(f"{path.name}:{node.lineno} edits .{target.attr}")
+    return found
+
+
+def test_conformance_test_bodies_hold_only_the_specification():
+    """case -> probe -> assertion; judging, localizing and reporting live in the package
+    (csm_conformance/suite/checks.py), so each is written once for every check."""
+    conformance = Path(__file__).resolve().parents[1] / "conformance"
+    assert [o for path in sorted(conformance.glob("test_*.py")) for o in orchestration(path)] == []
+
+
+def test_the_specification_check_finds_planted_orchestration(tmp_path):
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n\n@pytest.fixture\ndef case():\n    return 1\n\ndef _judge(r):\n    r.status = 'failed'\n\n"
+        "def test_a(case):\n    r = object()\n    r.messages.append('x')\n")
+    assert orchestration(tmp_path / "test_x.py") == [
+        "test_x.py:7 helper _judge()", "test_x.py:8 edits .status", "test_x.py:12 edits .messages"]
