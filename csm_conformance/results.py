@@ -47,7 +47,8 @@ class Status(str, Enum):
 class GateResult:
     """The part of a result both gates share: the case, its status and the messages explaining it.
     Each gate's dataclass (accuracy.check_results.CheckResult, performance.judge.PerfResult) adds
-    its evidence (metric rows; figures and comparisons) and names itself in `label`."""
+    its evidence (metric rows; figures and comparisons), names itself in `label` and writes its own
+    as_dict (the key order its report has always had)."""
 
     case: str
     status: Status
@@ -67,6 +68,3 @@ class GateResult:
 
     def failure_text(self) -> str:
         return f"{self.label}: " + "; ".join(self.messages)
-
-    def as_dict(self) -> dict:
-        return {"case": self.case, "status": self.status.value, "messages": list(self.messages)}

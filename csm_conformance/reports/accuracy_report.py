@@ -60,7 +60,6 @@ class Part:
 
     @classmethod
     def of(cls, session, worker: str | None, skipped: list[dict], model_loads: int, setup_error: str | None = None) -> "Part":
-
         results = list(session.results) + [
             CheckResult(s["case"], s["check"], status=s["status"], messages=[s["reason"]]) for s in skipped
         ]
@@ -72,7 +71,6 @@ class Part:
         return self.meta["device"]["device"]
 
     def describe_model(self) -> str | None:
-
         model = self.meta.get("model")
         if not model:
             return None
@@ -98,7 +96,6 @@ class Part:
 
     @classmethod
     def from_wire(cls, data: dict) -> "Part":
-
         results = [CheckResult(r["case"], r["check"], [MetricRow(**row) for row in r["rows"]], r["status"], r["messages"])
                    for r in data["results"]]
         return cls(**{k: v for k, v in data.items() if k != "results"}, results=results)
