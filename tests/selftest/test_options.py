@@ -22,6 +22,22 @@ def test_precedence_cli_over_env_over_ini():
     assert settings_from({}, environ={}, ini=ini).csm_min_cosine == 0.999
 
 
+def test_tolerances_stack_key_by_key_over_the_ini():
+    """A user who loosens one figure keeps the rest of pytest.ini's CPU tolerances; replaced
+    wholesale, cpu.time fell back to the 5 % default and a clean CPU run failed."""
+    from csm_conformance.performance.baselines import parse_tolerances, tolerance_for
+
+    ini = {"csm_perf_tolerance": "time=5%, cpu.time=30%, cpu.memory=10%+16MiB"}
+    s = settings_from({"csm_perf_tolerance": ["cpu.prefill_ms=50%"]}, environ={"CSM_PERF_TOLERANCE": "cpu.memory=20%"}, ini=ini)
+    tolerances = parse_tolerances(s.csm_perf_tolerance)
+    assert tolerance_for(tolerances, "cpu", "time", "prefill_ms") == (0.5, 0.0)
+    assert tolerance_for(tolerances, "cpu", "time", "frame_ms_median") == (0.3, 0.0)  # from the ini
+    assert tolerance_for(tolerances, "cpu", "memory") == (0.2, 0.0)  # the environment over the ini
+    assert tolerance_for(tolerances, "cuda", "load") == (0.25, 0.0)  # the built-in default
+    again = parse_tolerances(settings_from({"csm_perf_tolerance": ["cpu.time=100%"]}, environ={}, ini=ini).csm_perf_tolerance)
+    assert tolerance_for(again, "cpu", "time", "rtf") == (1.0, 0.0)  # the command line over the ini, same key
+
+
 def test_env_bools_lists_and_numbers():
     s = settings_from({}, environ={"CSM_STRICT": "yes", "CSM_CASE": "short_en, chinese", "CSM_BOUND_MARGIN": "0.25"})
     assert s.csm_strict is True and s.csm_case == ["short_en", "chinese"] and s.csm_bound_margin == 0.25

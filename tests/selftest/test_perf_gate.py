@@ -14,11 +14,21 @@ import pytest
 
 from csm_conformance.reports import schema as report_schema
 
-pytestmark = [pytest.mark.selftest, pytest.mark.timing]  # judged by wall-clock time: run alone (.ci/run)
+pytestmark = pytest.mark.selftest
+# The tests judged against a baseline timed on this machine are `timing`: CI runs them alone
+# (.ci/run). A missing baseline, a usage error and disabled benchmarks are not timed; they run
+# beside other tests.
 ROOT = Path(__file__).resolve().parents[2]
 
 # One short workload in eager mode keeps each run to seconds; the gate logic is the same for all.
 QUICK = ["--csm-workload", "short_32t", "--csm-perf-modes", "eager"]
+# Where a test needs a clean run to *pass*, its time tolerance is 100 %. A clean rerun minutes after
+# the promotion came out +31.7 % (frame median, host-corrected, x0.91 probe) and, in another test of
+# the same CI run, +65.7 % (prefill, with the probe x2.1 slower): the shared CI machine's own swing,
+# which failed those tests at the CPU's 30 %. What they check is the pass path, the reports and the
+# host correction's arithmetic. That the CPU's default tolerance catches a fault is asserted by the
+# planted-fault runs, which keep it (a fault of 3x, 2x, +8 MiB a frame).
+CLEAN = ["--csm-perf-tolerance=cpu.time=100%"]
 
 
 @pytest.fixture
@@ -52,8 +62,9 @@ def promoted(tmp_path_factory) -> Path:
     return baselines
 
 
+@pytest.mark.timing
 def test_clean_run_passes_against_its_baseline_and_writes_reports(run_perf, pytester, promoted):
-    result = run_perf(baselines=promoted)
+    result = run_perf(*CLEAN, baselines=promoted)
     out = result.stdout.str()
     assert result.ret == 0, out[-3000:]
     assert "csm-conformance performance summary" in out
@@ -75,6 +86,7 @@ def test_clean_run_passes_against_its_baseline_and_writes_reports(run_perf, pyte
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.timing
 def test_planted_per_frame_sleep_fails_the_gate_with_a_table(run_perf, pytester, promoted):
     """60 ms more a frame, about 3x on this VM. It was 20 ms until a CI run promoted its baseline
     while the VM ran slow (39.7 ms frames) and timed the fault when it ran fast (31 ms frames, +20
@@ -91,10 +103,12 @@ def test_planted_per_frame_sleep_fails_the_gate_with_a_table(run_perf, pytester,
     assert refused.returncode == 2 and "planted faults" in refused.stderr
 
 
+@pytest.mark.timing
 def test_host_drift_is_corrected_and_a_2x_slowdown_still_fails(run_perf, pytester, promoted, tmp_path):
-    """The baseline rewritten as if it had been timed on a host twice as fast (its time figures and
-    its host probe halved): a clean run fails it in raw time (--csm-host-reference off) and passes
-    in host units (the CPU's default); a planted 2x slowdown fails in host units too."""
+    """The baseline rewritten as if it had been timed on a host four times as fast (its time
+    figures and its host probe quartered): a clean run fails it in raw time (--csm-host-reference
+    off) and passes in host units (the CPU's default), both at the clean runs' 100 % (raw, the
+    change is about +300 %); a planted 2x slowdown fails in host units at the CPU's 30 %."""
     drifted = tmp_path / "baselines"
     shutil.copytree(promoted, drifted)
     (path,) = drifted.rglob("bfloat16-eager.json")
@@ -103,28 +117,29 @@ def test_host_drift_is_corrected_and_a_2x_slowdown_still_fails(run_perf, pyteste
     for bench in data["benchmarks"]:
         for figure in bench["extra_info"]["figures"].values():
             if "host_us" in figure:
-                figure["value"], figure["host_us"], probed = figure["value"] / 2, figure["host_us"] / 2, probed + 1
+                figure["value"], figure["host_us"], probed = figure["value"] / 4, figure["host_us"] / 4, probed + 1
     assert probed >= 5, "the promoted baseline carries no host probe"
     path.write_text(json.dumps(data))
-    clean = run_perf("-k", "test_generation", baselines=drifted)
+    clean = run_perf("-k", "test_generation", *CLEAN, baselines=drifted)
     out = clean.stdout.str()
     assert clean.ret == 0, out[-3000:]
     report = json.loads((pytester.path / "output" / "performance_benchmark.json").read_text())
     gen = next(r for r in report["csm"]["results"] if r["case"] == "short_32t-b1-eager")
     note = next(m for m in gen["messages"] if m.startswith("host-speed probe"))
-    # the factor is today's probe over the (halved) baseline probe; how far from 2 it lands is the VM's drift since promotion
+    # the factor is today's probe over the (quartered) baseline probe; how far from 4 it lands is the VM's drift since promotion
     then = next(b for b in data["benchmarks"] if b["extra_info"]["case"] == "short_32t-b1-eager")["extra_info"]["figures"]["frame_ms_median"]
     frame = next(c for c in gen["comparisons"] if c["metric"] == "frame_ms_median")
     assert frame["host_factor"] == pytest.approx(gen["figures"]["frame_ms_median"]["host_us"] / then["host_us"]), note
     assert frame["change"] == pytest.approx(frame["now"] / frame["host_factor"] / frame["baseline"] - 1)
     assert report["csm"]["settings"]["host_correction"] is True
-    raw = run_perf("-k", "test_generation", "--csm-host-reference", "off", baselines=drifted)
+    raw = run_perf("-k", "test_generation", *CLEAN, "--csm-host-reference", "off", baselines=drifted)
     assert raw.ret == 1 and "performance regressed in" in raw.stdout.str(), raw.stdout.str()[-3000:]
     slowed = run_perf("-k", "test_generation", "--csm-host-reference=on", "--csm-fault", "slowdown:1.0", baselines=drifted)
     out = slowed.stdout.str()
     assert slowed.ret == 1 and "frame_ms_median" in out and "host now/then" in out, out[-3000:]
 
 
+@pytest.mark.timing
 def test_a_transient_slowdown_is_not_confirmed_and_passes(run_perf, pytester, promoted):
     """Interference that slows only the first measurement (5 generations: warm-up, 3 rounds, the
     memory round) regresses it; the confirmation measurement right after is clean, so the gate
@@ -135,7 +150,7 @@ def test_a_transient_slowdown_is_not_confirmed_and_passes(run_perf, pytester, pr
     clean confirmation must not trip on this shared machine's own drift since the baseline was
     promoted (a +31 % drift failed this test once at 30 %)."""
     burst = ["--csm-perf-rounds", "3", "--csm-fault", "transient:60:5", "-k", "test_generation",
-             "--csm-perf-tolerance=cpu.time=100%", "--csm-perf-tolerance=cpu.memory=10%+16MiB"]
+             *CLEAN]
     result = run_perf(*burst, baselines=promoted)
     out = result.stdout.str()
     assert result.ret == 0, out[-3000:]
@@ -149,6 +164,7 @@ def test_a_transient_slowdown_is_not_confirmed_and_passes(run_perf, pytester, pr
     assert again.ret == 1 and "performance regressed in" in again.stdout.str(), again.stdout.str()[-3000:]
 
 
+@pytest.mark.timing
 def test_planted_memory_growth_fails_the_gate(run_perf, pytester, promoted):
     result = run_perf("--csm-fault", "leak:2", baselines=promoted)
     out = result.stdout.str()
@@ -170,6 +186,7 @@ def test_missing_baseline_is_reported_and_fails_under_strict(run_perf, pytester,
     strict.stdout.fnmatch_lines(["*_ test_generation?short_32t-b1-eager? _*", "short_32t-b1-eager: no performance baseline for this machine*"])
 
 
+@pytest.mark.timing
 def test_corrupt_baseline_is_one_line(run_perf, one_line_error, pytester, promoted, tmp_path):
     import shutil
 
