@@ -5,9 +5,11 @@ the run object that pytest_configure registers (run.py)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from csm_conformance.errors import UserError
 from csm_conformance.plugin.run import PLUGIN_NAME, SuiteRun
@@ -66,6 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise OptionError("--csm-record-bounds and --csm-save-golden write one shared file per case: run them on one device, without -n")
         if worker:  # audio and this worker's own reports go to <output>/gwK; the controller writes the merged ones
             settings.csm_output = str(Path(settings.csm_output) / worker)
+            _share_the_cores(int(config.workerinput.get("workercount", 1)))
         session = ConformanceSession(settings, _worker_index(config))
         session.bandwidth_hook = config.hook.pytest_csm_memory_bandwidth_gbps  # hookspecs.py: a user's device bandwidth
         if _is_xdist_controller(config):
@@ -75,6 +78,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = session
     config.stash[STATE_KEY] = state
     config.pluginmanager.register(SuiteRun(config, session, state), PLUGIN_NAME)  # owns the end of the run (run.py)
+
+
+def _share_the_cores(workers: int) -> None:
+    """Every pytest-xdist worker computes a CPU float32 reference (on the CPU, the device model
+    too). With torch's default of one thread per core in each worker their OpenMP threads spin
+    against each other: on the 2-core CI VM the suite's gate self-tests took 279 s under -n 2 and
+    157 s with one thread a worker. So each worker takes its share of the cores; an
+    OMP_NUM_THREADS the user set is kept. The summary names each worker's count."""
+    if workers > 1 and not os.environ.get("OMP_NUM_THREADS"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // workers))
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)

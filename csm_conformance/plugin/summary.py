@@ -59,7 +59,8 @@ def _accuracy_summary(tr, conf, state: RunState) -> None:
     model = next((p.describe_model() for p in parts if p.describe_model()), None) or conf.model_key
     tr.write_line(f"model {model}")
     if len(parts) > 1 or first.worker:
-        devices_line = ", ".join(f"{p.label} ({p.meta['device']['name']}, {p.model_loads} model load(s))" for p in parts)
+        devices_line = ", ".join(f"{p.label} ({p.meta['device']['name']}, {p.model_loads} model load(s), "
+                                 f"{p.meta['device'].get('torch_threads', '?')} torch thread(s))" for p in parts)
         tr.write_line(f"devices (one per pytest-xdist worker): {devices_line}")
         tr.write_line(f"dtype {conf.dtype_name} vs cpu float32; min cosine {conf.settings.csm_min_cosine}; "
                       f"bounds {first.bounds_file}{'' if first.bounds_present else ' (absent)'}")

@@ -183,7 +183,7 @@ class ConformanceSession:
         return {
             "model": self.identity.as_dict() if self.identity else None,
             "device": {"spec": self.device.spec, "device": self.device.device, "type": self.device.type,
-                       "name": self.device.name, "count": self.device.count},
+                       "name": self.device.name, "count": self.device.count, "torch_threads": torch.get_num_threads()},
             "dtype": self.dtype_name,
             "versions": devices.software_versions(),
         }

@@ -9,6 +9,7 @@ end-to-end runs use the CPU, where every worker shares the one device.
 from __future__ import annotations
 
 import json
+import os
 import types
 
 import pytest
@@ -114,21 +115,25 @@ def _report(pytester):
     return json.loads((pytester.path / "output" / "accuracy_evaluation.json").read_text())
 
 
-def test_two_workers_merge_into_one_report(run_suite, pytester):
+def test_two_workers_merge_into_one_report(run_suite, pytester, monkeypatch):
     """-n 2 spreads the tests over both workers; the controller writes one report naming each
-    result's worker and device, and prints one summary; each worker loaded its models once."""
+    result's worker and device, and prints one summary; each worker loaded its models once and
+    took half the cores for torch (plugin/hooks.py: _share_the_cores)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
     result = run_suite(pytester, "-n", "2", *FAST, "-k", "backbone_logits or depth_decoder_logits")
     out = result.stdout.str()
     assert result.ret == 0, out[-3000:]
     assert out.count("csm-conformance accuracy summary") == 1
     result.stdout.fnmatch_lines(["*one per pytest-xdist worker: gw0 -> cpu, gw1 -> cpu*",
-                                 "devices (one per pytest-xdist worker): gw0 cpu (*, 1 model load(s)), gw1 cpu (*, 1 model load(s))",
+                                 f"devices (one per pytest-xdist worker): gw0 cpu (*, 1 model load(s), {share} torch thread(s)), "
+                                 f"gw1 cpu (*, 1 model load(s), {share} torch thread(s))",
                                  "device * case * check * result*"])
     report = _report(pytester)
     assert sorted((r["worker"], r["check"]) for r in report["results"]) == [("gw0", "backbone_logits"), ("gw1", "depth_logits")] or \
         sorted((r["worker"], r["check"]) for r in report["results"]) == [("gw0", "depth_logits"), ("gw1", "backbone_logits")]
     assert {r["device"] for r in report["results"]} == {"cpu"}
-    assert [(w["worker"], w["model_loads"]) for w in report["workers"]] == [("gw0", 1), ("gw1", 1)]
+    assert [(w["worker"], w["model_loads"], w["device"]["torch_threads"]) for w in report["workers"]] == [("gw0", 1, share), ("gw1", 1, share)]
     assert report["counts"] == {"passed": 2}
     for worker in ("gw0", "gw1"):  # each worker's own share, in its own directory
         own = json.loads((pytester.path / "output" / worker / "accuracy_evaluation.json").read_text())
