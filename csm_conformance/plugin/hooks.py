@@ -80,15 +80,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SuiteRun(config, session, state), PLUGIN_NAME)  # owns the end of the run (run.py)
 
 
-def _share_the_cores(workers: int) -> None:
+def _share_the_cores(workers: int) -> int | None:
     """Every pytest-xdist worker computes a CPU float32 reference (on the CPU, the device model
     too). With torch's default of one thread per core in each worker their OpenMP threads spin
     against each other: on the 2-core CI VM the suite's gate self-tests took 279 s under -n 2 and
     157 s with one thread a worker. So each worker takes its share of the cores; an
-    OMP_NUM_THREADS the user set is kept. The summary names each worker's count."""
-    if workers > 1 and not os.environ.get("OMP_NUM_THREADS"):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // workers))
+    OMP_NUM_THREADS the user set is kept. The summary names each worker's count. Returns the share
+    set, or None where torch's own count stands."""
+    if workers <= 1 or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // workers)
+    torch.set_num_threads(share)
+    return share
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)

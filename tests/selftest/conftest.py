@@ -18,18 +18,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist the workers share the cores: each worker, and every suite run it starts
-    (the variable is inherited), gets its share of torch threads. Two workers each running torch
-    with one thread per core made their OpenMP threads spin against each other: on the 2-core VM
-    test_gate.py took 279 s with -n 2, and 157 s with one thread each. An OMP_NUM_THREADS set by
-    the user is kept."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        share = max(1, len(os.sched_getaffinity(0)) // workers)
-        os.environ["OMP_NUM_THREADS"] = str(share)
-        import torch
+    """Under pytest-xdist each self-test worker takes its share of the cores for torch, by the
+    plugin's rule (plugin/hooks.py: _share_the_cores), and hands it through OMP_NUM_THREADS to every
+    suite run it starts: those are plain pytest processes, not xdist workers, and would otherwise
+    spin one thread per core against the other worker's."""
+    from csm_conformance.plugin.hooks import _share_the_cores
 
-        torch.set_num_threads(share)
+    share = _share_the_cores(int(getattr(config, "workerinput", {}).get("workercount", 1)))
+    if share:
+        os.environ["OMP_NUM_THREADS"] = str(share)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
