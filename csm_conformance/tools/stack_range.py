@@ -1,18 +1,26 @@
 """The accuracy gate across the supported stack range: one transformers release per minor, on the
 torch releases torch_npu is locked to, on the embedded model; a Markdown table of the results.
 
-    python -m csm_conformance.stack_range --output docs/stack-range.md
-    python -m csm_conformance.stack_range --transformers 4.52.4,5.20.2,newest --output output/range.md
+    csm-conformance stack-range --output docs/stack-range.md
+    csm-conformance stack-range --transformers 4.52.4,5.20.2,newest --output output/range.md
+    csm-conformance stack-range --transformers newest --torch newest --output output/newest.md
 
 Why it exists: a suite that judges upgrades must itself be known to work (or to fail for a named
-reason) on every release a team may be on or move to. Each torch version gets one virtual
-environment under --workdir (created once, reused); each transformers release is installed into
-it in turn with pip, exactly as a user would, and the gate runs from the repository root with the
-repository's pytest.ini. The row's reason is the run's own first failure line, so a release that
-breaks is named with what broke.
+reason) on every release a team may be on or move to. Every row gets a FRESH virtual environment
+under --workdir, and torch, the suite and the row's transformers release are resolved by ONE pip
+call, as a user setting up that stack should. A row's result so depends on nothing but its own
+pins: installing the newest release first and downgrading in place would leave behind what the
+newest release pulled in (transformers 5.25.0 brought `kernels`, which breaks 4.52-4.55), and the
+row would judge that leftover instead of the release. The gate runs from the repository root with
+the repository's pytest.ini; the row's reason is the run's own first failure line, so a release
+that breaks is named with what broke.
 
-Releases before 4.56 read context audio through librosa (transformers' `load_audio` requires it
-even for arrays there): those rows install the `librosa` extra, as a user of those releases must.
+`newest` (for --transformers and --torch) is resolved at run time with `pip index versions`, so a
+scheduled job judges a release the day it ships (.github/workflows/newest-releases.yml).
+
+A release that needs a known workaround says so in its row (WORKAROUNDS): releases before 4.56
+read context audio through librosa (transformers' `load_audio` requires it even for arrays there),
+so those rows install the `librosa` extra, as a user of those releases must.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -48,8 +57,9 @@ def newest_per_minor(versions: list[str], floor: tuple[int, int] = FLOOR) -> lis
     return [best[k] for k in sorted(best)]
 
 
-def available(python: Path, package: str) -> list[str]:
-    out = subprocess.run([str(python), "-m", "pip", "index", "versions", package], capture_output=True, text=True, check=False).stdout
+def available(package: str) -> list[str]:
+    """Every release of `package` the index serves now (so `newest` is today's newest)."""
+    out = subprocess.run([sys.executable, "-m", "pip", "index", "versions", package], capture_output=True, text=True, check=False).stdout
     match = re.search(r"Available versions:\s*(.+)", out)
     if not match:
         raise SystemExit(f"stack_range: cannot list {package} releases with pip index ({out.strip()[:200] or 'no output'})")
@@ -67,6 +77,16 @@ def select(spec: str, releases: list[str]) -> list[str]:
         before_521 = [v for v in per_minor if (5, 0) <= parse_version(v)[:2] < (5, 21)]
         return [per_minor[0], before_521[-1]]
     return [per_minor[-1] if v.strip() == "newest" else v.strip() for v in spec.split(",") if v.strip()]
+
+
+def select_torch(spec: str) -> list[str]:
+    """A comma list of torch versions, where 'newest' stands for the newest final release served."""
+    wanted = [t.strip() for t in spec.split(",") if t.strip()]
+    if "newest" not in wanted:
+        return wanted
+    finals = [v for v in available("torch") if re.fullmatch(r"\d+\.\d+\.\d+", v)]
+    newest = max(finals, key=parse_version)
+    return [newest if t == "newest" else t for t in wanted]
 
 
 @dataclass(frozen=True)
@@ -109,20 +129,42 @@ def _run(cmd: list[str], log, cwd: Path | None = None, env: dict | None = None) 
     return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env, check=False).returncode
 
 
-def ensure_venv(workdir: Path, torch_spec: str, log) -> Path:
-    venv = workdir / f"torch-{torch_spec}"
-    python = venv / "bin" / "python"
-    marker = venv / ".csm-ready"
-    if marker.exists():
-        return python
+@dataclass(frozen=True)
+class Workaround:
+    """What a release needs beyond its own pin to run the suite, said in its row."""
+
+    before: tuple[int, int]  # applies to releases older than this minor
+    extra: str  # the suite's extra that carries it
+    why: str
+
+
+WORKAROUNDS = [
+    Workaround(LIBROSA_BEFORE, "librosa", "installed with the suite's librosa extra: transformers < 4.56 reads context audio through librosa"),
+]
+
+
+def workarounds(tf: str) -> list[Workaround]:
+    return [w for w in WORKAROUNDS if parse_version(tf)[:2] < w.before]
+
+
+def install_row(workdir: Path, torch_spec: str, tf: str, log) -> Path:
+    """A fresh venv with torch, the suite and transformers==tf resolved by one pip call; its
+    python. An old venv of the same name is removed first: nothing carries over between rows or
+    runs."""
+    venv = workdir / "venvs" / f"torch-{torch_spec}-tf-{tf}"
+    shutil.rmtree(venv, ignore_errors=True)
     if _run([sys.executable, "-m", "venv", str(venv)], log) != 0:
-        raise SystemExit(f"stack_range: could not create {venv}")
-    if _run([str(python), "-m", "pip", "install", "-q", f"torch=={torch_spec}"], log) != 0:
-        raise SystemExit(f"stack_range: pip could not install torch=={torch_spec} (see {log.name})")
-    if _run([str(python), "-m", "pip", "install", "-q", "-e", f"{REPO}[librosa]"], log) != 0:
-        raise SystemExit(f"stack_range: pip could not install the suite into {venv} (see {log.name})")
-    marker.write_text(torch_spec)
+        raise InstallError(f"could not create {venv}")
+    python = venv / "bin" / "python"
+    extras = ",".join(w.extra for w in workarounds(tf))
+    suite = f"{REPO}[{extras}]" if extras else str(REPO)
+    if _run([str(python), "-m", "pip", "install", "-q", f"torch=={torch_spec}", "-e", suite, f"transformers=={tf}"], log) != 0:
+        raise InstallError(f"pip could not resolve torch=={torch_spec} + the suite + transformers=={tf} in one call (see {log.name})")
     return python
+
+
+class InstallError(Exception):
+    pass
 
 
 def first_failure(out: Path, console: str) -> str:
@@ -142,11 +184,20 @@ def first_failure(out: Path, console: str) -> str:
     return lines[-1] if lines else (console.strip().splitlines() or ["no output"])[-1]
 
 
-def run_release(python: Path, torch_spec: str, tf: str, workdir: Path, pytest_args: list[str], log) -> Row:
+def run_release(torch_spec: str, tf: str, workdir: Path, pytest_args: list[str], log, keep_venv: bool = False) -> Row:
     start = time.perf_counter()
-    extra = ["librosa"] if parse_version(tf)[:2] < LIBROSA_BEFORE else []
-    if _run([str(python), "-m", "pip", "install", "-q", f"transformers=={tf}", *extra], log) != 0:
-        return Row(torch_spec, tf, "install failed", f"pip could not install transformers=={tf} (see {log.name})", time.perf_counter() - start)
+    try:
+        python = install_row(workdir, torch_spec, tf, log)
+    except InstallError as exc:
+        return Row(torch_spec, tf, "install failed", str(exc), time.perf_counter() - start)
+    try:
+        return _gate_row(python, torch_spec, tf, workdir, pytest_args, log, start)
+    finally:
+        if not keep_venv:  # about 1 GB each: 31 rows would fill a CI disk
+            shutil.rmtree(python.parents[1], ignore_errors=True)
+
+
+def _gate_row(python: Path, torch_spec: str, tf: str, workdir: Path, pytest_args: list[str], log, start: float) -> Row:
     out = workdir / "out" / f"torch-{torch_spec}-tf-{tf}"
     cmd = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--csm-output={out}", *pytest_args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -157,7 +208,7 @@ def run_release(python: Path, torch_spec: str, tf: str, workdir: Path, pytest_ar
     summary = next((ln.strip("= ") for ln in reversed(proc.stdout.splitlines()) if re.search(r"\b(passed|failed|error)", ln)), "")
     if proc.returncode == 0:
         skips = sorted({re.sub(r"^SKIPPED \[\d+\] [^ ]+: ", "", ln) for ln in proc.stdout.splitlines() if ln.startswith("SKIPPED")})
-        reason = summary + "".join(f"; skipped: {skip}" for skip in skips)
+        reason = summary + "".join(f"; skipped: {skip}" for skip in skips) + "".join(f"; {w.why}" for w in workarounds(tf))
         return Row(torch_spec, tf, "passed", reason.replace("|", "\\|"), time.perf_counter() - start)
     result = "FAILED" if proc.returncode == 1 else "ERROR"
     reason = first_failure(out, proc.stdout + proc.stderr).replace("|", "\\|")
@@ -187,7 +238,7 @@ def markdown(rows: list[Row], command: str, pytest_args: list[str]) -> str:
         f"Made {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d} on {platform.machine()} ({os.cpu_count()} cores, no accelerator; "
         "device cpu, bfloat16 against the CPU float32 reference), on the **embedded tiny CSM** (the fixed checkpoint in "
         "`csm_conformance/runtime/assets/embedded-tiny-csm`): seeded random weights, NOT a real-weight result. Each row: "
-        "`pip install transformers==X` into the torch version's venv, then "
+        "a fresh venv per row, `pip install torch==T -e <suite> transformers==X` in one call, then "
         f"`pytest {' '.join(pytest_args)}` from the repository root; the reason is the run's own first failure line.",
         "A known-broken release must FAIL with its named check (the suite's correct verdict on that stack); every other "
         "release must pass. `as expected` says whether the row did.",
@@ -201,12 +252,13 @@ def markdown(rows: list[Row], command: str, pytest_args: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transformers", default="all", help="all (newest of every minor from 4.52), ci, or a comma list ('newest' allowed)")
-    parser.add_argument("--torch", default=DEFAULT_TORCH, help=f"comma list of torch versions, one venv each (default {DEFAULT_TORCH})")
+    parser.add_argument("--transformers", default="all", help="newest, all (newest of every minor from 4.52), ci, or a comma list ('newest' allowed)")
+    parser.add_argument("--torch", default=DEFAULT_TORCH, help=f"comma list of torch versions ('newest' allowed; default {DEFAULT_TORCH})")
     parser.add_argument("--workdir", type=Path, default=REPO / ".stack-range", help="venvs, logs and per-run reports (default .stack-range/)")
     parser.add_argument("--output", type=Path, required=True, help="the Markdown table to write")
     parser.add_argument("--eager-workload", default="", help="also time this workload in eager mode (one round), e.g. short_32t")
     parser.add_argument("--compiled", action="store_true", help="time the workload in compiled mode too")
+    parser.add_argument("--keep-venvs", action="store_true", help="keep each row's venv under <workdir>/venvs (default: removed after its row)")
     parser.add_argument("--append", action="store_true", help="add this run's section to --output instead of replacing the file")
     args, pytest_extra = parser.parse_known_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -219,13 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     log_path = args.workdir / "stack-range.log"
     rows: list[Row] = []
     kept = args.output.read_text() if args.append and args.output.exists() else TITLE
-    command = "python3 -m csm_conformance.stack_range " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "csm-conformance stack-range " + " ".join(sys.argv[1:] if argv is None else argv)
     with open(log_path, "a") as log:
-        for torch_spec in [t.strip() for t in args.torch.split(",") if t.strip()]:
-            python = ensure_venv(args.workdir, torch_spec, log)
-            releases = select(args.transformers, available(python, "transformers"))
+        releases = select(args.transformers, available("transformers"))
+        for torch_spec in select_torch(args.torch):
             for tf in releases:
-                row = judge_row(run_release(python, torch_spec, tf, args.workdir, pytest_args, log))
+                row = judge_row(run_release(torch_spec, tf, args.workdir, pytest_args, log, args.keep_venvs))
                 rows.append(row)
                 print(f"torch {row.torch:8} transformers {row.transformers:8} {row.result:8} {'as expected' if row.as_expected else 'NOT AS EXPECTED'} "
                       f"{row.seconds:5.0f} s  {row.reason[:160]}", flush=True)
@@ -233,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.output.write_text(kept + "\n" + markdown(rows, command, pytest_args))
     unexpected = [r for r in rows if not r.as_expected]
     print(f"wrote {args.output} ({len(rows)} rows, {len(unexpected)} not as expected; log {log_path})")
+    for r in unexpected:  # what a scheduled job's failure names: the release and its first failing check
+        print(f"NOT AS EXPECTED: transformers {r.transformers} on torch {r.torch}: {r.result}: {r.reason[:300]}")
     return 0 if not unexpected else 1
 
 
