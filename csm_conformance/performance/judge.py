@@ -92,7 +92,7 @@ class PerfJudge:
             entry, why = baseline.entry(case_id, digest)
         if entry is None:
             result.status = Status.FAILED if self.settings.csm_strict else Status.NO_BASELINE
-            result.messages.append(f"{why}; promote one with: python -m csm_conformance.promote")
+            result.messages.append(f"{why}; promote one with: csm-conformance promote")
             return result
         old_depth = entry["extra_info"].get("info", {}).get("harness_stack_depth")
         if old_depth is not None and info.get("harness_stack_depth") not in (None, old_depth):

@@ -1,6 +1,6 @@
 """First run on a real checkpoint: record everything the gate compares against, on a stack you trust.
 
-    python -m csm_conformance.first_run --csm-model /data/csm-1b --csm-device npu:0 [--repeats 3]
+    csm-conformance first-run --csm-model /data/csm-1b --csm-device npu:0 [--repeats 3]
 
 What it does, each step an ordinary pytest run from the current directory (the repository):
   1. the accuracy checks `--repeats` times, each recording bounds into a scratch directory; the
@@ -53,7 +53,7 @@ def _pytest(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m csm_conformance.first_run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="csm-conformance first-run", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="accuracy recordings whose worst case sets each bound (default 3)")
     parser.add_argument("--baselines", type=Path, default=Path("baselines"), help="where to write (default ./baselines)")
     parser.add_argument("--output", type=Path, default=Path("output/first-run"), help="reports of each step")

@@ -1,7 +1,7 @@
 """Promote a performance run to the stored baseline for its machine, model, dtype and mode.
 
-    python -m csm_conformance.promote                      # output/performance_benchmark.json
-    python -m csm_conformance.promote --run RUN.json --baselines DIR [--allow-regressions]
+    csm-conformance promote                      # output/performance_benchmark.json
+    csm-conformance promote --run RUN.json --baselines DIR [--allow-regressions]
 
 Runs with planted faults or failed tests are refused; a run that regressed is refused unless
 --allow-regressions says the slower stack is accepted on purpose. Entries for workloads the run
@@ -23,7 +23,7 @@ from csm_conformance.suite.options import ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m csm_conformance.promote", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="csm-conformance promote", description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="output/performance_benchmark.json", help="the run to promote (default: %(default)s)")
     parser.add_argument("--baselines", default=str(ROOT / "baselines"), help="baselines directory (default: the repo's baselines/)")
     parser.add_argument("--allow-regressions", action="store_true", help="accept a run that regressed as the new baseline")

@@ -251,7 +251,7 @@ def markdown(rows: list[Row], command: str, pytest_args: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="csm-conformance stack-range", description=__doc__.splitlines()[0])
     parser.add_argument("--transformers", default="all", help="newest, all (newest of every minor from 4.52), ci, or a comma list ('newest' allowed)")
     parser.add_argument("--torch", default=DEFAULT_TORCH, help=f"comma list of torch versions ('newest' allowed; default {DEFAULT_TORCH})")
     parser.add_argument("--workdir", type=Path, default=REPO / ".stack-range", help="venvs, logs and per-run reports (default .stack-range/)")

@@ -79,12 +79,19 @@ def test_a_stray_value_is_still_an_error(tmp_path):
     assert run.returncode == 4 and "expected one argument" in run.stderr, run.stderr[-2000:]
 
 
-TOOLS = ["ab", "ab.planted", "verdict", "localize", "fault_catalogue", "promote", "first_run", "stack_range"]
+VERBS = ["ab", "ab-planted", "verdict", "localize", "fault-catalogue", "promote", "first-run", "stack-range", "baselines-diff", "inference"]
+CONSOLE_SCRIPT = Path(sys.executable).with_name("csm-conformance")  # installed beside the interpreter by `pip install -e .`
 
 
-@pytest.mark.parametrize("tool", TOOLS)
-def test_every_tool_answers_help_from_elsewhere(tool, tmp_path):
-    """`python -m csm_conformance.<tool> --help` from outside the repository. The A/B tool's help
-    once died on an unescaped '%' in argparse (its tolerances: time=5%)."""
-    done = subprocess.run([sys.executable, "-m", f"csm_conformance.{tool}", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "usage:" in done.stdout, done.stdout[-1000:] + done.stderr[-2000:]
+@pytest.mark.parametrize("form", ["console script", "python -m"])
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_answers_help_from_elsewhere(verb, form, tmp_path):
+    """`csm-conformance <verb> --help` and `python -m csm_conformance <verb> --help` from outside the
+    repository: the tool's own help under the verb's name, then the verb's worked examples. The A/B
+    tool's help once died on an unescaped '%' in argparse (its tolerances: time=5%)."""
+    assert CONSOLE_SCRIPT.is_file(), f"{CONSOLE_SCRIPT} is missing: reinstall the package (pip install -e .)"
+    command = [str(CONSOLE_SCRIPT)] if form == "console script" else [sys.executable, "-m", "csm_conformance"]
+    done = subprocess.run([*command, verb, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-2000:]
+    assert done.stdout.startswith(f"usage: csm-conformance {verb} "), done.stdout[:500]
+    assert "\nexamples:\n  " in done.stdout and f"csm-conformance {verb}" in done.stdout.split("\nexamples:\n")[1], done.stdout[-1500:]

@@ -2,7 +2,7 @@
 with the place named, and it reports a fault the gate cannot see as not caught.
 
 The full catalogue, the clean reruns and the sensitivity sweep take many minutes and are run by
-hand (`python -m csm_conformance.fault_catalogue`); these tests run single entries through the
+hand (`csm-conformance fault-catalogue`); these tests run single entries through the
 same function the CLI uses.
 """
 

@@ -280,7 +280,7 @@ def test_compare_corrupt_dump_is_one_line_exit_2(dumps, tmp_path):
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "device.safetensors").write_bytes(b"\x00\x01 not a dump")
-    result = subprocess.run([sys.executable, "-m", "csm_conformance.localize", "compare", str(dumps / "clean_a" / "short_en"), str(corrupt)],
+    result = subprocess.run([sys.executable, "-m", "csm_conformance", "localize", "compare", str(dumps / "clean_a" / "short_en"), str(corrupt)],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()

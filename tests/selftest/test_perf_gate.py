@@ -39,7 +39,7 @@ def run_perf(run_suite, pytester):
 
 def promote(run_json: Path, baselines: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "csm_conformance.promote", "--run", str(run_json), "--baselines", str(baselines), *extra],
+        [sys.executable, "-m", "csm_conformance", "promote", "--run", str(run_json), "--baselines", str(baselines), *extra],
         capture_output=True, text=True, cwd=ROOT,
     )
 

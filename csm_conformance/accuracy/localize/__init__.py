@@ -11,12 +11,12 @@ One module per job: hooks.py (the hooks and canonical module names), capture.py 
 outputs on the probes), local.py (module-local errors, teacher-forced), rule.py (the divergence
 rule: why a jump rule and not a fixed floor), report.py and plot.py (table, summary, JSON, plot),
 dump.py (--csm-dump files and their offline comparison), live.py (one case in a running session),
-cli.py (`python -m csm_conformance.localize`). Every public name is re-exported here, so callers
+cli.py (`csm-conformance localize`). Every public name is re-exported here, so callers
 keep using `csm_conformance.accuracy.localize.X`.
 
 This is a diagnostic: it names a place. Pass and fail remain the accuracy gate's.
 
-Offline: `python -m csm_conformance.localize compare DUMP_A DUMP_B [--output DIR]` compares two
+Offline: `csm-conformance localize compare DUMP_A DUMP_B [--output DIR]` compares two
 dumps written with `--csm-dump` (A is the baseline) with the same rule; exit 0 when nothing
 diverges, 1 when a module does, 2 on bad input.
 """

@@ -1,4 +1,4 @@
-"""The command line: `python -m csm_conformance.localize compare DUMP_A DUMP_B [--output DIR]`.
+"""The command line: `csm-conformance localize compare DUMP_A DUMP_B [--output DIR]`.
 
 Two dumps written with `--csm-dump` on different machines or stacks are compared where neither
 run is live; this module is that command (the package's __main__.py runs it; it lives here so
@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m csm_conformance.localize",
+    parser = _Parser(prog="csm-conformance localize",
                      description="Compare two per-module dumps written with --csm-dump and name the first diverging module.")
     sub = parser.add_subparsers(dest="command", required=True)
     cmp = sub.add_parser("compare", help="compare dump B against dump A (the baseline)")

@@ -25,7 +25,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m csm_conformance.ab.planted", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="csm-conformance ab-planted", description=__doc__.split("\n\n")[0])
     p.add_argument("--fraction", type=float, action="append", required=True, help="slowdown:<fraction> to measure (repeatable)")
     p.add_argument("--rounds", type=int, default=100, help="rounds per fraction, the fractions alternated (default 100)")
     p.add_argument("--workload", default="short_32t")

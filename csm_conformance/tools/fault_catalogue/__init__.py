@@ -21,7 +21,7 @@ command), and the faulty run, made right after it, is judged against that.
 
 Clean runs of every set-up used are part of the result: any failure there is a false alarm.
 
-    python -m csm_conformance.fault_catalogue [--output DIR] [--only ID ...] [--clean-reruns N] [--sweep]
+    csm-conformance fault-catalogue [--output DIR] [--only ID ...] [--clean-reruns N] [--sweep]
 
 Exit 0 when every planted fault was caught with its place named and no clean run failed; 1
 otherwise; 2 on bad arguments.

@@ -3,7 +3,7 @@
 The command line (the package's docstring says what caught and named mean, and why some entries
 run as an A/B):
 
-    python -m csm_conformance.fault_catalogue [--output DIR] [--only ID ...] [--clean-reruns N] [--sweep]
+    csm-conformance fault-catalogue [--output DIR] [--only ID ...] [--clean-reruns N] [--sweep]
 
 Exit 0 when every planted fault was caught with its place named and no clean run failed; 1
 otherwise; 2 on bad arguments.
@@ -26,7 +26,7 @@ from csm_conformance.tools.fault_catalogue.table import markdown
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m csm_conformance.fault_catalogue", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="csm-conformance fault-catalogue", description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="output/fault_catalogue", help="where the table (Markdown and JSON) and each run's logs go (default: %(default)s)")
     parser.add_argument("--only", nargs="+", metavar="ID", help=f"run only these entries: {', '.join(e.id for e in CATALOGUE)}")
     parser.add_argument("--clean-reruns", type=int, default=0, metavar="N",

@@ -52,7 +52,7 @@ def record_clean(gate: str, selection: tuple[str, ...], workdir: Path, rounds: i
         raise CatalogueRunError(f"the clean {gate} run to record from failed (exit {run.exit_code}): "
                                 f"{_first_line(run, gate)}; see {workdir / 'record' / 'pytest.log'}")
     if gate == "performance":
-        done = subprocess.run([sys.executable, "-m", "csm_conformance.promote", "--run",
+        done = subprocess.run([sys.executable, "-m", "csm_conformance.tools.promote", "--run",
                                str(workdir / "record" / "output" / "performance_benchmark.json"), "--baselines", str(baselines)],
                               capture_output=True, text=True, cwd=workdir)
         if done.returncode != 0:
