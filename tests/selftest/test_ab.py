@@ -125,6 +125,9 @@ FAKE = textwrap.dedent('''\
                      "fingerprint": "cpu|Fake|x1", "simulated": False}}, "dtype": "bfloat16",
                      "versions": {{"python": "3", "torch": "0", "transformers": side}}, "fault_notes": req["faults"],
                      "threads": 1, "pid": os.getpid(), "python": sys.executable, "load_s": 0.0}}
+            # the stack fingerprint (runtime/stack.py's shape): this process's packages and library variables
+            reply["stack"] = {{"python": "3", "suite": "0", "distributions": {{"torch": "0", "transformers": os.environ.get("FAKE_TRANSFORMERS", "5.25.0")}},
+                              "accelerator": {{"type": "cpu"}}, "environment": {{k: os.environ[k] for k in ("LD_LIBRARY_PATH",) if os.environ.get(k)}}}}
         elif op == "prepare":
             reply = {{"case": req["workload"], "mode_label": "eager", "warmup_wall_s": [], "digest": "x"}}
         elif op == "round":
@@ -256,6 +259,49 @@ def test_a_candidate_that_cannot_load_what_the_current_stack_loads_is_regressed(
     assert "**The after worker could not set up**" in (tmp_path / "ab" / "ab.md").read_text()
 
 
+def test_a_a_is_told_by_the_stack_fingerprint_not_by_the_interpreter(tmp_path, monkeypatch, fake_python, capsys):
+    """One interpreter on both sides is A/A only while the two stacks are the same: given another
+    LD_LIBRARY_PATH (here by a wrapper that execs the same interpreter), it is an A/B naming that
+    variable, in ab.json and in ab.md's header."""
+    monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
+    _, doc = run_ab(tmp_path, monkeypatch, fake_python, "--tolerance", "time=5%", noise=0.01)
+    assert doc["kind"] == "A/A (the same stack on both sides), planted: after fault marker" and doc["stack_diff"] == []
+    assert "The two stacks are the same" in (tmp_path / "ab" / "ab.md").read_text()
+    wrapper = tmp_path / "other-libraries-python"
+    wrapper.write_text(f"#!/bin/sh\nLD_LIBRARY_PATH=/opt/planted/lib exec {fake_python} \"$@\"\n")
+    wrapper.chmod(0o755)
+    out = tmp_path / "ab2"
+    ab_main(["--before", fake_python, "--after", str(wrapper), "--after-fault", "marker", "--workload", "short_32t", "--batch", "1",
+             "--tolerance", "time=5%", "--output", str(out)])
+    doc = json.loads((out / "ab.json").read_text())
+    assert doc["kind"] == "A/B (two stacks: env.LD_LIBRARY_PATH - -> /opt/planted/lib), planted: after fault marker", doc["kind"]
+    assert doc["stack_diff"] == [{"what": "env.LD_LIBRARY_PATH", "before": None, "after": "/opt/planted/lib"}]
+    assert doc["after"]["stack"]["environment"] == {"LD_LIBRARY_PATH": "/opt/planted/lib"} and doc["before"]["stack"]["environment"] == {}
+    md = (out / "ab.md").read_text()
+    assert "| env.LD_LIBRARY_PATH | - | /opt/planted/lib |" in md and md.index("Stack, before -> after:") < md.index("## short_32t-b1-eager")
+    # another package version on one side: an A/B naming it
+    wrapper.write_text(f"#!/bin/sh\nFAKE_TRANSFORMERS=5.30.0 exec {fake_python} \"$@\"\n")
+    ab_main(["--before", fake_python, "--after", str(wrapper), "--workload", "short_32t", "--batch", "1", "--output", str(out)])
+    assert json.loads((out / "ab.json").read_text())["kind"] == "A/B (two stacks: transformers 5.25.0 -> 5.30.0)"
+
+
+def test_a_real_worker_sends_its_stack_fingerprint(tmp_path):
+    """The worker's setup reply carries runtime/stack.py's fingerprint of its own process: its
+    interpreter's distributions and the library variables it was started with."""
+    from csm_conformance.runtime import stack
+    from csm_conformance.tools.ab.workers import WorkerProcess
+
+    worker = WorkerProcess("after", PY, tmp_path / "worker.log", env_extra={"LD_LIBRARY_PATH": "/opt/planted/lib"})
+    try:
+        worker.send("setup", model="tiny", device="cpu", dtype="bfloat16", faults=[], threads=1, seed=0)
+        reply = worker.receive()
+    finally:
+        worker.close()
+    assert reply["ok"], reply
+    assert reply["stack"]["environment"]["LD_LIBRARY_PATH"] == "/opt/planted/lib"
+    assert reply["stack"]["distributions"] == stack.distributions() and reply["stack"]["accelerator"] == {"type": "cpu"}
+
+
 def test_a_missing_interpreter_is_one_line(tmp_path, capsys):
     code = ab_main(["--before", "/no/such/python", "--after", PY, "--output", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
@@ -266,9 +312,9 @@ def test_a_missing_interpreter_is_one_line(tmp_path, capsys):
 def test_a_planted_2x_slowdown_in_a_real_worker_is_regressed(tmp_path):
     """Two real workers on the embedded model, the candidate slowed 100 % per frame (spin-wait):
     REGRESSED at the first look, with the frame ratio near 2. Run from outside the repository,
-    as `python -m csm_conformance.ab`, the documented command."""
+    as `python -m csm_conformance ab`, the documented command."""
     out = tmp_path / "ab"
-    proc = subprocess.run([PY, "-m", "csm_conformance.ab", "--before", PY, "--after", PY, "--workload", "short_32t", "--batch", "1",
+    proc = subprocess.run([PY, "-m", "csm_conformance", "ab", "--before", PY, "--after", PY, "--workload", "short_32t", "--batch", "1",
                            "--tolerance", "time=5%", "--after-fault", "slowdown:1.0", "--budget", "10", "--output", str(out)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -354,15 +400,15 @@ def test_a_partner_that_never_hands_back_is_a_one_line_timeout():
 
 
 def test_the_planted_ratio_tool_measures_a_planted_2x():
-    """`python -m csm_conformance.ab.planted`: the reference ratio an A/B interval must hold. A
+    """`python -m csm_conformance ab-planted`: the reference ratio an A/B interval must hold. A
     planted 100 % slowdown reads as about 2 (and an unknown workload is one line, exit 2)."""
-    proc = subprocess.run([PY, "-m", "csm_conformance.ab.planted", "--fraction", "1.0", "--rounds", "3"],
+    proc = subprocess.run([PY, "-m", "csm_conformance", "ab-planted", "--fraction", "1.0", "--rounds", "3"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if "slowdown:1 plants" in x)
     ratio = float(line.split(" plants x")[1].split()[0])
     assert 1.6 < ratio < 2.8, line
-    bad = subprocess.run([PY, "-m", "csm_conformance.ab.planted", "--fraction", "0.1", "--workload", "nope"],
+    bad = subprocess.run([PY, "-m", "csm_conformance", "ab-planted", "--fraction", "0.1", "--workload", "nope"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert bad.stderr.startswith("csm-conformance planted: unknown workload id 'nope' (known: short_32t, "), bad.stderr

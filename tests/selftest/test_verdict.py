@@ -209,7 +209,7 @@ def test_a_checkpoint_loaded_differently_is_regressed_naming_the_tensors(tmp_pat
 
 
 def ab_doc(verdict_: str, after_transformers: str = "5.25.0", fault: list | None = None) -> dict:
-    """An A/B report as python -m csm_conformance.ab writes it (one case, one figure)."""
+    """An A/B report as python -m csm_conformance ab writes it (one case, one figure)."""
     ratio, low, high, decision = {"SAFE": (1.0, 0.97, 1.03, "SAFE"), "REGRESSED": (1.3, 1.2, 1.4, "REGRESSED"),
                                   "INCONCLUSIVE": (1.04, 0.98, 1.1, "INCONCLUSIVE")}[verdict_]
     figure = {"figure": "frame_ms_median", "class": "time", "better": "lower", "unit": "ms", "tolerance": 0.05, "decision": decision,
@@ -277,3 +277,112 @@ def test_a_missing_ab_report_is_inconclusive_and_a_foreign_one_is_one_line(tmp_p
     assert verdict.main(["--before", str(before), "--after", str(after_dir), "--ab", str(tmp_path / "ab")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not a complete A/B report (missing: reasons, before, after, model" in err
+
+
+# ---- the stack diff: what changed between the two stacks, first ---------------------------------
+def fingerprint(transformers: str = "4.57.6", hub: str = "0.36.2", kernels: str | None = None, accelerator: dict | None = None,
+                environment: dict | None = None) -> dict:
+    """A stack fingerprint as runtime/stack.py writes it under "stack" in the gate's reports."""
+    dists = {"huggingface-hub": hub, "torch": "2.13.0", "transformers": transformers, **({"kernels": kernels} if kernels else {})}
+    return {"python": "3.11.7", "suite": "0.1.0", "distributions": dict(sorted(dists.items())),
+            "accelerator": accelerator or {"type": "cpu"}, "environment": environment or {}}
+
+
+def with_stack(doc: dict, fp: dict | None) -> dict:
+    if fp is not None:
+        doc["stack"] = fp
+    return doc
+
+
+def stacked_side(path: Path, accuracy_stack: dict | None, performance_stack: dict | None = None) -> Path:
+    return write_side(path, with_stack(accuracy_doc("5.24.0"), accuracy_stack), with_stack(perf_doc("5.24.0"), performance_stack),
+                      dict.fromkeys(TESTS, "passed"))
+
+
+def test_the_verdict_starts_with_what_changed_in_the_stack(tmp_path, capsys):
+    """transformers 4.57 -> 5.25 is three changes, not one: the table right under the verdict line
+    names each (and kernels, which was not installed before)."""
+    before = stacked_side(tmp_path / "current", fingerprint())
+    code, report, markdown = judge(tmp_path, before, capsys,
+                                   accuracy=with_stack(accuracy_doc("5.25.0"), fingerprint("5.25.0", "2.4.0", kernels="0.19.1")))
+    assert (code, report["verdict"]) == (0, "SAFE")
+    lines = markdown.splitlines()
+    assert lines[2] == "## What changed in the stack", lines[:6]
+    assert lines[4] == "3 change(s) between the two stacks"
+    table = lines[6:11]
+    assert table == ["| what | before | after |", "| --- | --- | --- |", "| huggingface-hub | 0.36.2 | 2.4.0 |",
+                     "| kernels | - | 0.19.1 |", "| transformers | 4.57.6 | 5.25.0 |"], table
+    assert markdown.index("## What changed in the stack") < markdown.index("## Versions") < markdown.index("## Why")
+    assert report["stack_diff"] == [{"what": "huggingface-hub", "before": "0.36.2", "after": "2.4.0"},
+                                    {"what": "kernels", "before": None, "after": "0.19.1"},
+                                    {"what": "transformers", "before": "4.57.6", "after": "5.25.0"}]
+    assert report["after"]["stack"]["distributions"]["kernels"] == "0.19.1"
+
+
+def test_a_cann_only_upgrade_is_a_valid_before_after_and_says_so(tmp_path, capsys):
+    """Same Python packages, another CANN toolkit and its library path: a real before/after, named in
+    one line, and judged as any other (SAFE here)."""
+    old = fingerprint(accelerator={"type": "npu", "cann_toolkit": "8.0.RC3"}, environment={"ASCEND_HOME_PATH": "/usr/local/Ascend/8.0"})
+    new = fingerprint(accelerator={"type": "npu", "cann_toolkit": "8.1.RC1"}, environment={"ASCEND_HOME_PATH": "/usr/local/Ascend/8.1"})
+    before = stacked_side(tmp_path / "current", old)
+    code, report, markdown = judge(tmp_path, before, capsys, accuracy=with_stack(accuracy_doc("5.24.0"), new),
+                                   performance=perf_doc("5.24.0"))
+    assert (code, report["verdict"]) == (0, "SAFE")
+    note = ("only the accelerator software changed: accelerator.cann_toolkit 8.0.RC3 -> 8.1.RC1, env.ASCEND_HOME_PATH "
+            "/usr/local/Ascend/8.0 -> /usr/local/Ascend/8.1 (the same Python packages)")
+    assert markdown.splitlines()[4] == note and report["stack_note"] == note
+    assert "| accelerator.cann_toolkit | 8.0.RC3 | 8.1.RC1 |" in markdown
+
+
+def test_identical_stacks_are_an_a_a_and_unrecorded_stacks_are_named_not_an_error(tmp_path, capsys):
+    before = stacked_side(tmp_path / "current", fingerprint())
+    _, report, markdown = judge(tmp_path, before, capsys, accuracy=with_stack(accuracy_doc("5.24.0"), fingerprint()))
+    assert report["stack_diff"] == [] and "this verdict is an A/A" in markdown.splitlines()[4]
+    # a candidate report from before stacks were recorded: named, and the verdict is still judged
+    code, report, markdown = judge(tmp_path / "old", stacked_side(tmp_path / "old" / "current", fingerprint()), capsys)
+    assert (code, report["verdict"], report["stack_diff"]) == (0, "SAFE", None)
+    assert markdown.splitlines()[4] == "stack not recorded on candidate: only the versions below are known"
+    # the performance report's stack when the accuracy report has none
+    before = stacked_side(tmp_path / "perf" / "current", None, fingerprint())
+    _, report, _ = judge(tmp_path / "perf", before, capsys, performance=with_stack(perf_doc("5.25.0"), fingerprint("5.25.0")))
+    assert report["stack_diff"] == [{"what": "transformers", "before": "4.57.6", "after": "5.25.0"}]
+
+
+def test_the_ab_reports_stacks_stand_in_for_gate_reports_without_one(tmp_path, before, capsys):
+    doc = ab_doc("SAFE")
+    doc["before"]["stack"], doc["after"]["stack"] = fingerprint("5.24.0"), fingerprint("5.25.0")
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "ab.json").write_text(json.dumps(doc))
+    after_dir = write_side(tmp_path / "candidate", accuracy_doc("5.25.0"), perf_doc("5.25.0"), dict.fromkeys(TESTS, "passed"))
+    assert verdict.main(["--before", str(before), "--after", str(after_dir), "--ab", str(tmp_path / "ab"), "--output", str(tmp_path / "v")]) == 0
+    report = json.loads((tmp_path / "v" / "verdict.json").read_text())
+    assert report["stack_diff"] == [{"what": "transformers", "before": "5.24.0", "after": "5.25.0"}]
+    assert report["stack_note"] == "1 change(s) between the two stacks (current's from the A/B report; candidate's from the A/B report)"
+
+
+# ---- loosened bounds and baselines ---------------------------------------------------------------
+def test_a_loosened_bound_is_listed_and_unacknowledged_makes_the_verdict_inconclusive(tmp_path, before, capsys):
+    import shutil
+
+    repo_baselines = Path(__file__).resolve().parents[2] / "baselines"
+    run = tmp_path / "run" / "baselines"
+    shutil.copytree(repo_baselines, run)
+    args = ["--before", str(before), "--baselines", str(run), "--base-baselines", str(repo_baselines)]
+    after_dir = write_side(tmp_path / "candidate", accuracy_doc("5.25.0"), perf_doc("5.25.0"), dict.fromkeys(TESTS, "passed"))
+    run_verdict = lambda *extra: (verdict.main([*args, "--after", str(after_dir), "--output", str(tmp_path / "v"), *extra]),  # noqa: E731
+                                  json.loads((tmp_path / "v" / "verdict.json").read_text()), (tmp_path / "v" / "verdict.md").read_text())
+    code, report, markdown = run_verdict()
+    assert (code, report["verdict"], report["baselines"]["status"]) == (0, "SAFE", "clean")
+    assert "## Loosened bounds and baselines" in markdown and "nothing loosened" in markdown
+    bounds = run / "accuracy" / "embedded-tiny-csm" / "cpu-bfloat16.json"
+    doc = json.loads(bounds.read_text())
+    doc["cases"]["short_en"]["backbone_logits"]["max_abs_error"]["bound"] *= 3
+    bounds.write_text(json.dumps(doc))
+    code, report, markdown = run_verdict()
+    assert (code, report["verdict"]) == (3, "INCONCLUSIVE")
+    assert "1 bound(s), golden reference(s) or baseline(s) loosened, slower or changed against" in report["headline"]
+    key = "`accuracy/embedded-tiny-csm/cpu-bfloat16.json: short_en/backbone_logits/max_abs_error`"
+    assert f"| bound | {key} | looser |" in markdown
+    code, report, markdown = run_verdict("--allow-loosened")
+    assert (code, report["verdict"], report["baselines"]["status"]) == (0, "SAFE", "acknowledged")
+    assert f"| bound | {key} | looser |" in markdown  # acknowledged, still listed

@@ -1,7 +1,7 @@
-"""python -m csm_conformance.ab: is the candidate stack slower than the current one, by how much,
+"""csm-conformance ab: is the candidate stack slower than the current one, by how much,
 and how sure are we? (paired, interleaved A/B; docs/ab.md explains the method)
 
-Usage: python -m csm_conformance.ab --before PYTHON --after PYTHON [--workload ID ...] [--tier quick|full]
+Usage: csm-conformance ab --before PYTHON --after PYTHON [--workload ID ...] [--tier quick|full]
            [--tolerance time=5%] [--budget 60,240s] [--after-fault SPEC] [--device D] [--model M] --output DIR
 Exit codes: 0 SAFE, 1 REGRESSED, 3 INCONCLUSIVE, 2 bad input (one line on stderr).
 """
@@ -21,6 +21,8 @@ from pathlib import Path
 from csm_conformance.catalogue.workloads import MODES, TIERS, WorkloadError, load_workloads, perf_cases, tier_selection
 from csm_conformance.errors import UserError
 from csm_conformance.performance.baselines import parse_tolerances
+from csm_conformance.runtime import stack
+from csm_conformance.suite.options import OPTIONS, resolve_option
 from csm_conformance.tools.ab import report, stats
 from csm_conformance.tools.ab.controller import Budget, run_case
 from csm_conformance.tools.ab.workers import TurnPipes, WorkerError, WorkerProcess
@@ -62,7 +64,7 @@ def parse_budget(text: str) -> Budget:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m csm_conformance.ab", description=__doc__.split("\n\n")[0].replace("%", "%%"))
+    p = _Parser(prog="csm-conformance ab", description=__doc__.split("\n\n")[0].replace("%", "%%"))
     p.add_argument("--before", required=True, help="interpreter of the current stack (e.g. .tox/current/bin/python)")
     p.add_argument("--after", required=True, help="interpreter of the candidate stack; the same as --before is an A/A run")
     p.add_argument("--output", required=True, help="directory for ab.md, ab.json and the workers' logs")
@@ -78,12 +80,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="chance of a wrong decision per figure over all looks (default 0.05)")
     p.add_argument("--before-fault", action="append", default=[], help="plant a fault in the current stack's model (--csm-fault's specs)")
     p.add_argument("--after-fault", action="append", default=[], help="plant a fault in the candidate's model, e.g. slowdown:0.05")
-    p.add_argument("--model", default=os.environ.get("CSM_MODEL") or "tiny",
-                   help="tiny (default, or $CSM_MODEL), random-full, a local HF directory or a hub id")
-    p.add_argument("--device", default=os.environ.get("CSM_DEVICE") or "auto", help="device of both workers (default $CSM_DEVICE or auto)")
+    # The gate's options, from its one table (suite/options.py): these four are this command's
+    # --model/--device/--dtype/--require-device too, with the same environment twins; every other
+    # --csm-* option is taken and ignored (named once on stderr), so `tox -e verdict -- <the gate's
+    # arguments>` hands one argument list to the gate runs and to this command alike.
+    shared = {"csm_model": "both workers", "csm_device": "both workers, unless --after-device", "csm_dtype": "both models",
+              "csm_require_device": "both workers"}
+    for option in OPTIONS:
+        if option.dest in shared:
+            name = option.dest.removeprefix("csm_")
+            flags, dest = (f"--{name.replace('_', '-')}", option.flag), name
+            text = f"{option.help} ({shared[option.dest]}; default ${option.env} or {option.default})"
+            default = resolve_option(option, None, os.environ, None)
+        else:
+            flags, dest, text, default = (option.flag,), f"gate_only_{option.dest}", argparse.SUPPRESS, None
+        action = {"bool": "store_true", "list": "append"}.get(option.kind, "store")
+        p.add_argument(*flags, dest=dest, action=action, default=default, help=text)
     p.add_argument("--after-device", default=None, help="the candidate's device when it is not --device (e.g. npu:1)")
-    p.add_argument("--dtype", default=os.environ.get("CSM_DTYPE") or "bfloat16", help="dtype of both models (default $CSM_DTYPE or bfloat16)")
-    p.add_argument("--require-device", action="store_true", help="fail when auto finds no accelerator")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per worker (default: 1 on the CPU, where an idle worker's spinning OpenMP threads would "
                         "steal cores from the round being timed; torch's own elsewhere)")
@@ -105,16 +118,35 @@ def _check_python(label: str, python: str) -> str:
     return str(Path(found).absolute())
 
 
+def stack_rows(setups: dict) -> list | None:
+    """The two workers' stack fingerprints compared (runtime.stack.diff); None when a side sent none
+    (it could not set up)."""
+    b, a = setups["before"].get("stack"), setups["after"].get("stack")
+    return None if b is None or a is None else stack.diff(b, a)
+
+
 def _kind(setups: dict) -> str:
+    """A/A only when the two fingerprints are equal: packages and versions, accelerator software,
+    library variables (one interpreter given another LD_LIBRARY_PATH is two stacks); otherwise A/B,
+    naming what differs. Without fingerprints, the interpreter and versions decide, as before."""
     b, a = setups["before"], setups["after"]
-    same = b["versions"] == a["versions"] and b["python"] == a["python"]
+    rows = stack_rows(setups)
+    if rows is None:
+        same = b["versions"] == a["versions"] and b["python"] == a["python"]
+        kind = "A/A (the same interpreter on both sides)" if same else "A/B (two stacks)"
+    else:
+        named = ", ".join(f"{what} {old or '-'} -> {new or '-'}" for what, old, new in rows[:4]) + (f" and {len(rows) - 4} more" if len(rows) > 4 else "")
+        kind = "A/A (the same stack on both sides)" if not rows else f"A/B (two stacks: {named})"
     faults = [f"{side} fault {'; '.join(s['fault_notes'])}" for side, s in setups.items() if s["fault_notes"]]
-    return ("A/A (the same interpreter on both sides)" if same else "A/B (two stacks)") + (f", planted: {', '.join(faults)}" if faults else "")
+    return kind + (f", planted: {', '.join(faults)}" if faults else "")
 
 
 def _arguments(argv):
     """Everything that can be checked before a worker starts; BadInput (one line) otherwise."""
     args = parser().parse_args(argv)
+    ignored = [option.flag for option in OPTIONS if getattr(args, f"gate_only_{option.dest}", None) is not None]
+    if ignored:
+        print(f"csm-conformance ab: ignoring gate-only options: {', '.join(ignored)}", file=sys.stderr)
     budget = parse_budget(args.budget or DEFAULT_BUDGET[args.tier])
     tolerances = parse_tolerances(args.tolerance or DEFAULT_TOLERANCES)
     if not 0 < args.alpha < 1:
@@ -174,7 +206,7 @@ def _setup(sides: dict[str, WorkerProcess], args, pythons: dict) -> tuple[dict, 
         raise BadInput("; ".join(map(str, errors.values())))
     for label, exc in errors.items():
         other = setups["after" if label == "before" else "before"]
-        setups[label] = {**other, "python": pythons[label], "versions": {}, "fault_notes": [], "threads": None, "load_s": None}
+        setups[label] = {**other, "python": pythons[label], "versions": {}, "stack": None, "fault_notes": [], "threads": None, "load_s": None}
         return setups, {"case": "setup", "side": label, "error": str(exc), "log": str(sides[label].log_path)}
     b, a = setups["before"], setups["after"]
     if b["identity"]["key"] != a["identity"]["key"] or b["device"]["type"] != a["device"]["type"]:
@@ -233,12 +265,14 @@ def main(argv: list[str] | None = None) -> int:
             pipes.close()
     b, a = setups["before"], setups["after"]
     looks = len(stats.look_schedule(budget.max_pairs))
+    rows = stack_rows(setups)
     meta = {
         "kind": _kind(setups),
+        "stack_diff": None if rows is None else [{"what": w, "before": old, "after": new} for w, old, new in rows],
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": a["identity"], "device": a["device"], "dtype": args.dtype,
-        "before": {k: b.get(k) for k in ("python", "versions", "fault_notes", "threads", "cpus", "load_s")},
-        "after": {k: a.get(k) for k in ("python", "versions", "fault_notes", "threads", "cpus", "load_s")},
+        "before": {k: b.get(k) for k in ("python", "versions", "stack", "fault_notes", "threads", "cpus", "load_s")},
+        "after": {k: a.get(k) for k in ("python", "versions", "stack", "fault_notes", "threads", "cpus", "load_s")},
         "interleave": interleave,
         "tier": args.tier, "budget": budget.describe(), "tolerances": tolerances, "alpha": args.alpha,
         "looks": looks, "look_schedule": stats.look_schedule(budget.max_pairs), "level": 1 - args.alpha / looks,

@@ -1,4 +1,4 @@
-"""python -m csm_conformance.ab.planted --fraction 0.05: the ratio that `slowdown:<fraction>`
+"""csm-conformance ab-planted --fraction 0.05: the ratio that `slowdown:<fraction>`
 really plants on this machine, timed without the A/B machinery, as the reference that an A/B
 run's interval must hold.
 
@@ -11,7 +11,7 @@ so the host's speed of the moment cancels. Per round: log(median of waiting fram
 plain frames); reported: the exponential of their mean, with a 95 % interval (t, normal beyond
 30 rounds).
 
-Usage: python -m csm_conformance.ab.planted --fraction F [--fraction F ...] [--rounds 100]
+Usage: csm-conformance ab-planted --fraction F [--fraction F ...] [--rounds 100]
            [--workload short_32t] [--model M] [--device D] [--dtype T]
 """
 

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from csm_conformance.runtime.stack import diff_markdown
 from csm_conformance.tools.ab.figures import FIGURES
 
 SCHEMA = 1
@@ -44,6 +45,18 @@ def document(meta: dict, cases: list[dict], failure: dict | None = None) -> dict
     return {"schema": SCHEMA, "verdict": status, "reasons": reasons, **meta, "failure": failure, "cases": cases}
 
 
+def stack_lines(doc: dict) -> list[str]:
+    """What differs between the two sides' stacks (ab.json "stack_diff"); nothing for a report
+    written before the workers sent their fingerprints."""
+    if "stack_diff" not in doc:
+        return []
+    if doc["stack_diff"] is None:
+        unrecorded = [side for side in ("before", "after") if not (doc.get(side) or {}).get("stack")]
+        return [f"Stack: not recorded on {' and '.join(unrecorded) or 'one side'}.", ""]
+    rows = [(r["what"], r["before"], r["after"]) for r in doc["stack_diff"]]
+    return ["Stack, before -> after:" if rows else "Stack:", "", *diff_markdown(rows), ""]
+
+
 def to_markdown(doc: dict) -> str:
     b, a = doc["before"], doc["after"]
     head = doc["verdict"] + (f" ({'; '.join(doc['reasons'][:3])}{' ...' if len(doc['reasons']) > 3 else ''})" if doc["reasons"] else "")
@@ -56,6 +69,7 @@ def to_markdown(doc: dict) -> str:
              + (f"; planted: {'; '.join(a['fault_notes'])}" if a["fault_notes"] else ""),
              f"- {doc['kind']}; tier {doc['tier']}; {doc['budget']}; per-look level {doc['level']:.4f} "
              f"(alpha {doc['alpha']} over {doc['looks']} planned looks); {doc['seconds']:.0f} s in all", "",
+             *stack_lines(doc),
              ("Each pair is one round on each stack, run at once taking turns frame by frame (each side's waits taken out of its"
               " clock), the starting side in ABBA order." if doc.get("interleave") == "frame" else
               "Each pair is one round on each stack, back to back, in ABBA order.") + " Ratio: Hodges-Lehmann estimate of"

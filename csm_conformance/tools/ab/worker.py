@@ -54,7 +54,7 @@ class Worker:
         hf_logging.disable_progress_bar()
         from csm_conformance.catalogue.workloads import MODES, load_workloads
         from csm_conformance.faults import apply_fault
-        from csm_conformance.runtime import devices
+        from csm_conformance.runtime import devices, stack
         from csm_conformance.tools.synthesis import load
 
         self.seed = seed
@@ -72,6 +72,7 @@ class Worker:
                        "fingerprint": self.device.fingerprint, "simulated": self.device.simulated},
             "dtype": dtype,
             "versions": devices.software_versions(),
+            "stack": stack.fingerprint(self.device.type),  # the controller tells A/A from A/B by it
             "fault_notes": self.fault_notes,
             "threads": torch.get_num_threads(),
             "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -14,13 +14,18 @@ run_status.json. This module reads the two directories and decides:
 - SAFE otherwise.
 
 Performance comes from the paired A/B comparison when one is given (`--ab DIR`, the output of
-`python -m csm_conformance.ab` run on the two stacks' interpreters, as `tox -e verdict` does): per
+`python -m csm_conformance ab` run on the two stacks' interpreters, as `tox -e verdict` does): per
 case and figure, the ratio candidate / current with its interval, REGRESSED or SAFE or
 INCONCLUSIVE as the A/B decided. Without it, the gate runs' own figures are compared as before
 (candidate against the current stack timed minutes earlier, tolerances widened by noise), which
 a busy machine can fool either way; the report says which method judged.
 
-Usage: python -m csm_conformance.verdict --before DIR --after DIR [--ab DIR] [--output DIR]
+The report starts with what changed between the two stacks (the reports' "stack" fingerprints,
+runtime/stack.py; else the A/B report's), and, given `--base-baselines DIR`, lists every bound,
+golden reference or baseline loosened against the base (tools/baselines_diff.py): unacknowledged,
+that makes the verdict INCONCLUSIVE.
+
+Usage: python -m csm_conformance verdict --before DIR --after DIR [--ab DIR] [--base-baselines DIR] [--output DIR]
 Exit codes: 0 SAFE, 1 REGRESSED, 3 INCONCLUSIVE, 2 bad input (one line on stderr).
 
 The package, one module per job: evidence (reading and checking the run directories and the A/B

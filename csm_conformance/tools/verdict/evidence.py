@@ -44,6 +44,15 @@ class Side:
     def versions(self) -> dict:
         return self.meta.get("versions") or (self.status or {}).get("versions") or {}
 
+    @property
+    def stack(self) -> dict | None:
+        """The stack fingerprint the run recorded (runtime/stack.py: "stack" in its accuracy report,
+        else its performance report); None in reports written before it was recorded."""
+        for doc in (self.accuracy, self.performance, (self.performance or {}).get("csm")):
+            if isinstance((doc or {}).get("stack"), dict):
+                return doc["stack"]
+        return None
+
     def identity(self) -> tuple:
         meta = self.meta
         return ((meta.get("model") or {}).get("key"), (meta.get("device") or {}).get("device"), meta.get("dtype"))

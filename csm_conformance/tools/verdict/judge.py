@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from csm_conformance.accuracy.metrics import known, to_error
 from csm_conformance.performance.baselines import compare_figures
+from csm_conformance.runtime import stack
 from csm_conformance.tools.verdict.evidence import ACCURACY_FILE, JUNIT_FILE, NO_AB, PERFORMANCE_FILE, Side
 
 
@@ -64,6 +65,9 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     ab: dict | None = None  # the A/B comparison's ab.json, when performance was judged by it
     performance_method: str = "gate runs"  # or "ab" (the A/B comparison was asked for)
+    stack_diff: list | None = None  # (what, before, after) rows of runtime.stack.diff; None when a side recorded none
+    stack_note: str = ""  # one line: what kind of change the stack diff is
+    baselines: object | None = None  # tools.baselines_diff.Result, when --base-baselines was given
 
     @property
     def headline(self) -> str:
@@ -122,7 +126,42 @@ def _ab_findings(ab: dict, before: Side, after: Side) -> tuple[list[str], list[s
     return regressed, missing, notes
 
 
-def decide(before: Side, after: Side, ab: dict | None = None) -> Verdict:
+def stack_view(before: Side, after: Side, ab: dict | None) -> tuple[list | None, str]:
+    """(the stack diff, one line saying what kind of change it is), from the gate reports' "stack",
+    else the A/B report's per-side fingerprints. A side that recorded none is named, never an error."""
+    found, source = {}, []
+    for key, side in (("before", before), ("after", after)):
+        found[key] = side.stack
+        if found[key] is None and isinstance(((ab or {}).get(key) or {}).get("stack"), dict):
+            found[key] = ab[key]["stack"]
+            source.append(f"{side.label}'s from the A/B report")
+    unrecorded = [side.label for key, side in (("before", before), ("after", after)) if found[key] is None]
+    if unrecorded:
+        return None, f"stack not recorded on {' and '.join(unrecorded)}: only the versions below are known"
+    rows = stack.diff(found["before"], found["after"])
+    where = f" ({'; '.join(source)})" if source else ""
+    if not rows:
+        return rows, f"the two stacks are identical (packages, accelerator software, library variables): this verdict is an A/A{where}"
+    if all(what.startswith(("accelerator.", "env.")) for what, _, _ in rows):
+        changes = ", ".join(f"{what} {old or '-'} -> {new or '-'}" for what, old, new in rows)
+        return rows, f"only the accelerator software changed: {changes} (the same Python packages){where}"
+    return rows, f"{len(rows)} change(s) between the two stacks{where}"
+
+
+def _baselines_findings(result, missing: list[str], notes: list[str]) -> None:
+    """A bound, golden or baseline loosened against the base and not acknowledged makes the verdict
+    INCONCLUSIVE: the candidate was judged against weaker references than the base's."""
+    if result is None:
+        return
+    if result.status == "loosened":
+        missing.append(f"{len(result.counted)} bound(s), golden reference(s) or baseline(s) loosened, slower or changed against "
+                       f"{result.base} without acknowledgement (see Loosened bounds and baselines)")
+    else:
+        notes.append(f"baselines against {result.base}: {result.headline()}")
+
+
+def decide(before: Side, after: Side, ab: dict | None = None, baselines=None) -> Verdict:
+    """`baselines`: a tools.baselines_diff.Result of the run's baselines against the base's."""
     regressed, missing, notes = [], [], []
     for side in (before, after):
         if side.accuracy is None and side.performance is None and side.tests is None and side.status is None:
@@ -195,8 +234,10 @@ def decide(before: Side, after: Side, ab: dict | None = None) -> Verdict:
         if better:
             notes.append(f"faster or leaner on {after.label}: " + ", ".join(better))
 
+    _baselines_findings(baselines, missing, notes)
     status = "REGRESSED" if regressed else "INCONCLUSIVE" if missing else "SAFE"
     reasons = regressed if regressed else missing
     if regressed and missing:
         notes += [f"also: {m}" for m in missing]
-    return Verdict(status, reasons, before, after, accuracy, performance, notes, ab, method)
+    return Verdict(status, reasons, before, after, accuracy, performance, notes, ab, method,
+                   *stack_view(before, after, None if ab is NO_AB else ab), baselines)

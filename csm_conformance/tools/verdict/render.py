@@ -10,6 +10,8 @@ import datetime as _dt
 
 from csm_conformance.accuracy.metrics import better
 from csm_conformance.performance.baselines import GATED
+from csm_conformance.runtime.stack import diff_markdown
+from csm_conformance.tools import baselines_diff
 from csm_conformance.tools.verdict.judge import AccuracyRow, Verdict
 
 
@@ -30,7 +32,9 @@ def _metric_cell(row: AccuracyRow, metric: str | None) -> tuple[str, str, str, s
 
 def to_markdown(v: Verdict) -> str:
     b, a = v.before, v.after
-    lines = [f"# Upgrade verdict: {v.headline}", ""]
+    lines = [f"# Upgrade verdict: {v.headline}", "", "## What changed in the stack", "", v.stack_note, ""]
+    if v.stack_diff:
+        lines += diff_markdown(v.stack_diff) + [""]
     meta = a.meta or b.meta
     model = meta.get("model") or {}
     device = meta.get("device") or {}
@@ -46,6 +50,9 @@ def to_markdown(v: Verdict) -> str:
         else "no gated figure got worse beyond its tolerance")]
     lines += ["", "## Why", ""] + [f"- {r}" for r in why]
     lines += [f"- {n}" for n in v.notes]
+    if v.baselines is not None:
+        lines += ["", f"## Loosened bounds and baselines (against {v.baselines.base}): {v.baselines.status}", "", v.baselines.headline()]
+        lines += [""] + baselines_diff.table(v.baselines.items) if v.baselines.items else []
     if v.accuracy:
         lines += ["", "## Accuracy (device vs CPU float32, per case and check)", "",
                   "The metric shown is the candidate's closest to its bound; every metric is in the JSON.", "",
@@ -80,8 +87,13 @@ def to_json(v: Verdict) -> dict:
         "reasons": v.reasons,
         "notes": v.notes,
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "before": {"label": v.before.label, "path": str(v.before.path), "versions": v.before.versions, "failed_tests": v.before.failed_tests()},
-        "after": {"label": v.after.label, "path": str(v.after.path), "versions": v.after.versions, "failed_tests": v.after.failed_tests()},
+        "stack_note": v.stack_note,
+        "stack_diff": None if v.stack_diff is None else [{"what": w, "before": old, "after": new} for w, old, new in v.stack_diff],
+        "baselines": None if v.baselines is None else baselines_diff.to_json(v.baselines),
+        "before": {"label": v.before.label, "path": str(v.before.path), "versions": v.before.versions, "failed_tests": v.before.failed_tests(),
+                   "stack": v.before.stack},
+        "after": {"label": v.after.label, "path": str(v.after.path), "versions": v.after.versions, "failed_tests": v.after.failed_tests(),
+                  "stack": v.after.stack},
         "model": v.after.meta.get("model") or v.before.meta.get("model"),
         "device": v.after.meta.get("device") or v.before.meta.get("device"),
         "dtype": v.after.meta.get("dtype") or v.before.meta.get("dtype"),
