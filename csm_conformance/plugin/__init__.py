@@ -30,10 +30,22 @@ from __future__ import annotations
 
 import pytest
 
-from csm_conformance.plugin import hookspecs
-from csm_conformance.plugin.assertions import assert_gate, assert_passed, assert_perf, skip_or_fail_disabled
-from csm_conformance.plugin.fixtures import csm, csm_perf
-from csm_conformance.plugin.hooks import (
+from csm_conformance.errors import UserError
+from csm_conformance.runtime import preflight
+
+# The stack preflight (runtime/preflight.py) runs before the imports below reach transformers, so
+# a stack that cannot run CSM (an in-place downgrade that left `kernels` behind, a package
+# transformers cannot use) ends pytest here with one `ERROR: csm-conformance: ...` line (exit 4),
+# not a plugin traceback or one error per test. pytest_configure calls it again (cached).
+try:
+    preflight.check()
+except UserError as exc:
+    raise pytest.UsageError(f"csm-conformance: {exc}") from None
+
+from csm_conformance.plugin import hookspecs  # noqa: E402
+from csm_conformance.plugin.assertions import assert_gate, assert_passed, assert_perf, skip_or_fail_disabled  # noqa: E402
+from csm_conformance.plugin.fixtures import csm, csm_perf  # noqa: E402
+from csm_conformance.plugin.hooks import (  # noqa: E402
     pytest_addoption,
     pytest_benchmark_update_machine_info,
     pytest_collection_modifyitems,
@@ -44,8 +56,8 @@ from csm_conformance.plugin.hooks import (
     pytest_runtest_makereport,
     pytest_xdist_auto_num_workers,
 )
-from csm_conformance.plugin.run import SuiteRun
-from csm_conformance.plugin.state import GATE_MARKERS, NOT_SELECTED, SESSION_KEY, SETUP_ERROR_KEY, STATE_KEY, WIRE_KEY, RunState
+from csm_conformance.plugin.run import SuiteRun  # noqa: E402
+from csm_conformance.plugin.state import GATE_MARKERS, NOT_SELECTED, SESSION_KEY, SETUP_ERROR_KEY, STATE_KEY, WIRE_KEY, RunState  # noqa: E402
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:

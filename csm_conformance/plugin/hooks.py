@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from csm_conformance.errors import UserError
+from csm_conformance.faults.spec import check_spec
 from csm_conformance.plugin.run import PLUGIN_NAME, SuiteRun
 from csm_conformance.plugin.state import (
     GATE_MARKERS,
@@ -29,7 +30,7 @@ from csm_conformance.plugin.state import (
 )
 from csm_conformance.reports import accuracy_report as reporting
 from csm_conformance.results import Status
-from csm_conformance.runtime import devices
+from csm_conformance.runtime import devices, preflight
 from csm_conformance.suite import rootfix
 from csm_conformance.suite.options import OPTIONS, OptionError
 from csm_conformance.suite.session import ConformanceSession
@@ -63,7 +64,10 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = _worker_id(config)
     state = RunState()
     try:
+        preflight.check()  # the stack can run CSM (done once, when the plugin was imported: fixtures.py)
         settings = _settings(config)
+        for spec in settings.csm_fault:  # a bad spec is this line now, not a pytest.exit once the model has loaded
+            check_spec(spec)
         if _under_xdist(config) and (settings.csm_record_bounds or settings.csm_save_golden):
             raise OptionError("--csm-record-bounds and --csm-save-golden write one shared file per case: run them on one device, without -n")
         if worker:  # audio and this worker's own reports go to <output>/gwK; the controller writes the merged ones

@@ -19,6 +19,7 @@ from csm_conformance.accuracy import metrics
 from csm_conformance.accuracy.check_results import CheckResult, MetricRow
 from csm_conformance.reports import schema as report_schema
 from csm_conformance.runtime import devices
+from csm_conformance.runtime import stack as runtime_stack
 from csm_conformance.runtime.models import ModelIdentity
 
 MARK = {True: " ", False: "!", None: "?"}
@@ -26,7 +27,7 @@ MARK = {True: " ", False: "!", None: "?"}
 
 def header_lines(session, xdist_devices: list[str] | None = None) -> list[str]:
     versions = session.run_meta()["versions"]
-    stack = ", ".join(f"{k} {v}" for k, v in versions.items())
+    fp = runtime_stack.run_fingerprint(session.device.type)
     device = f"{session.device.device} ({session.device.name}, {session.device.count} visible)"
     if xdist_devices:
         device = (f"{session.device.type} ({session.device.name}), one per pytest-xdist worker: "
@@ -34,7 +35,9 @@ def header_lines(session, xdist_devices: list[str] | None = None) -> list[str]:
     return [
         f"csm-conformance: model {session.settings.csm_model} -> {session.source.describe_spec()}",
         f"csm-conformance: device {device} | dtype {session.dtype_name} | reference cpu float32",
-        f"csm-conformance: {stack}",
+        f"csm-conformance: {', '.join(f'{k} {v}' for k, v in versions.items())}",
+        f"csm-conformance: stack: {runtime_stack.short_line(fp)} ({len(fp['distributions'])} distributions in all: "
+        "\"stack\" in accuracy_evaluation.json)",
         f"csm-conformance: suite from {Path(__file__).resolve().parents[1]}, baselines {session.settings.baselines_dir}",
     ]
 
@@ -57,6 +60,7 @@ class Part:
     bounds_present: bool = False
     model_loads: int = 0  # times a session fixture loaded models in this process (1 when all is well)
     setup_error: str | None = None
+    stack: dict | None = None  # runtime/stack.py fingerprint of this process's stack
 
     @classmethod
     def of(cls, session, worker: str | None, skipped: list[dict], model_loads: int, setup_error: str | None = None) -> "Part":
@@ -64,7 +68,8 @@ class Part:
             CheckResult(s["case"], s["check"], status=s["status"], messages=[s["reason"]]) for s in skipped
         ]
         return cls(worker, session.run_meta(), results, list(session.fault_notes), session.record_outcome,
-                   str(session.bounds_file), session.bounds is not None, model_loads, setup_error)
+                   str(session.bounds_file), session.bounds is not None, model_loads, setup_error,
+                   runtime_stack.run_fingerprint(session.device.type))
 
     @property
     def device(self) -> str:
@@ -89,7 +94,7 @@ class Part:
     def _wire(self) -> dict:
         return {
             **{k: getattr(self, k) for k in ("worker", "meta", "fault_notes", "record_outcome", "bounds_file",
-                                             "bounds_present", "model_loads", "setup_error")},
+                                             "bounds_present", "model_loads", "setup_error", "stack")},
             "results": [{"case": r.case, "check": r.check, "status": r.status.value, "messages": list(r.messages),
                          "rows": [asdict(row) for row in r.rows]} for r in self.results],
         }
@@ -207,6 +212,7 @@ def document(parts: list[Part], settings) -> dict:
         "suite": "csm-conformance accuracy",
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **meta,
+        "stack": next((p.stack for p in parts if p.stack), None),  # the workers share one environment: the first one's
         "device": _merged_device(parts),
         "reference": {"device": "cpu", "dtype": "float32"},
         "workers": [{"worker": p.worker, "device": p.meta["device"], "counts": status_counts([p]),

@@ -11,6 +11,7 @@ from pathlib import Path
 from csm_conformance.performance.baselines import comparison_table
 from csm_conformance.reports import schema as report_schema
 from csm_conformance.results import Status
+from csm_conformance.runtime import stack as runtime_stack
 
 STATUS_MARK = {Status.PASSED: "ok", Status.IMPROVED: "IMPROVED", Status.REGRESSED: "REGRESSED", Status.NO_BASELINE: "no baseline",
                Status.FAILED: "FAILED", Status.SKIPPED: "skipped"}
@@ -96,6 +97,7 @@ def write_reports(perf, machine_info: dict, commit_info: dict, version: str, ski
         "datetime": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "version": version,
         "csm": meta,
+        "stack": runtime_stack.run_fingerprint(perf.session.device.type),  # runtime/stack.py: every distribution and the accelerator's software
     }
     json_path = out_dir / "performance_benchmark.json"
     json_path.write_text(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")

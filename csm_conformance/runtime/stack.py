@@ -14,12 +14,15 @@ are installed. The suite's own version is recorded beside them ("suite"), not it
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata as md
 import os
 import platform
 import re
 import shutil
 import subprocess
+import sys
+from functools import cache
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -91,15 +94,37 @@ def _read_first(paths: list[Path], pattern: str) -> str | None:
     return None
 
 
+def _torch_npu_cann() -> dict[str, str]:
+    """CANN and driver versions as torch_npu reports them (torch_npu.npu.utils.get_cann_version,
+    documented for CANN 8.1.RC1 and later; '' where it cannot tell). Only when torch_npu is already
+    imported (an npu run): it is never imported for this."""
+    module = sys.modules.get("torch_npu")
+    get = getattr(getattr(getattr(module, "npu", None), "utils", None), "get_cann_version", None)
+    if get is None:
+        return {}
+    found = {}
+    for key, component in (("cann_toolkit", "CANN"), ("ascend_driver", "DRIVER")):
+        try:
+            value = get(module=component)
+        except Exception:  # an older torch_npu or a CANN it cannot read: the install-info files below
+            continue
+        if value:
+            found[key] = str(value)
+    return found
+
+
 def _cann_versions() -> dict[str, str]:
-    """CANN toolkit and driver versions, read as the toolkit itself records them (its install
-    info files; torch_npu reads the same ones), without importing torch_npu."""
+    """CANN toolkit and driver versions: torch_npu's own answer where it gives one, else read as
+    the toolkit records them (its install-info files, which torch_npu reads too)."""
+    reported = _torch_npu_cann()
+    if "cann_toolkit" in reported and "ascend_driver" in reported:
+        return reported
     home = os.environ.get("ASCEND_TOOLKIT_HOME") or os.environ.get("ASCEND_HOME_PATH") or "/usr/local/Ascend/ascend-toolkit/latest"
     arch = f"{platform.machine()}-linux"
     toolkit = _read_first([Path(home) / arch / "ascend_toolkit_install.info", Path(home) / "ascend_toolkit_install.info",
                            Path(home) / "version.cfg"], r"^(?:version|Version)\s*=\s*(.+)$")
     driver = _read_first([Path("/usr/local/Ascend/driver/version.info")], r"^Version\s*=\s*(.+)$")
-    return {k: v for k, v in (("cann_toolkit", toolkit), ("ascend_driver", driver)) if v}
+    return {**{k: v for k, v in (("cann_toolkit", toolkit), ("ascend_driver", driver)) if v}, **reported}
 
 
 def _nvidia_driver() -> str | None:
@@ -149,6 +174,29 @@ def fingerprint(device_type: str = "cpu") -> dict:
         "accelerator": accelerator(device_type),
         "environment": library_environment(),
     }
+
+
+@cache
+def _run_fingerprint(device_type: str) -> dict:
+    return fingerprint(device_type)
+
+
+def run_fingerprint(device_type: str) -> dict:
+    """fingerprint(device_type), computed once per process (the header and both reports share it;
+    nvidia-smi is not run twice); a copy, so a reader may change it."""
+    return copy.deepcopy(_run_fingerprint(device_type))
+
+
+SHORT = ("torch", "torch-npu", "transformers", "huggingface-hub", "tokenizers", "kernels")
+
+
+def short_line(fp: dict) -> str:
+    """The few packages a reader asks about first, and the accelerator's software, on one line."""
+    dists = fp.get("distributions") or {}
+    packages = [f"{name} {dists[name]}" for name in SHORT if name in dists]
+    accel = fp.get("accelerator") or {}
+    extra = [f"{key} {value}" for key, value in accel.items() if key != "type"]
+    return ", ".join(packages + extra)
 
 
 def diff(before: dict | None, after: dict | None) -> list[tuple[str, str | None, str | None]]:

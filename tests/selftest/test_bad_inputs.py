@@ -225,3 +225,20 @@ def test_a_crash_with_finite_outputs_is_reraised_unchanged(tiny_session):
     finally:
         handle.remove()
     assert not isinstance(err.value, NonFiniteOutputError)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("bogus", "unknown fault 'bogus': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, "
+              "slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame> or xversion:<rmsnorm|mimi>[:<relative>]"),
+    ("sleep:fast", "fault sleep:fast: 'fast' is not a number"),
+])
+def test_bad_fault_spec_is_the_standard_setup_line(run_suite, pytester, spec, message):
+    """A --csm-fault that cannot be read ends as every other setup error does: `ERROR:
+    csm-conformance: ...` and exit 4, before any model loads (it was a pytest.exit once the model
+    had loaded: `! _pytest.outcomes.Exit: csm-conformance: unknown fault ...`)."""
+    result = run_suite(pytester, "--csm-case", "short_en", "--csm-fault", spec)
+    text = result.stdout.str() + result.stderr.str()
+    assert result.ret == 4, text[-2000:]
+    assert [line for line in text.splitlines() if "csm-conformance:" in line and message[:20] in line] == \
+        [f"ERROR: csm-conformance: {message}"], text[-2000:]
+    assert "Exit" not in text and "loaded" not in text, text[-2000:]
