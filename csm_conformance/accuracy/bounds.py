@@ -96,10 +96,23 @@ def build_bounds(measured: dict, margin: float, meta: dict) -> dict:
 
 
 def write_bounds(path: Path, document: dict, merge_with: "BoundsBook | None" = None) -> None:
-    """Write bounds; cases not measured in this run keep their stored bounds."""
+    """Write bounds; every check not measured in this run keeps its stored bounds (a run with
+    `-k decode_loop` adds that check and leaves the case's others alone). When stored bounds are
+    kept, so is the stored file's description (when, where and on which stack it was recorded, its
+    notes), with a note naming what this run recorded, where and on which stack."""
     if merge_with is not None:
-        merged = dict(merge_with.data["cases"])
-        merged.update(document["cases"])
+        old = merge_with.data
+        merged = {case: dict(checks or {}) for case, checks in old["cases"].items()}
+        for case, checks in document["cases"].items():
+            merged.setdefault(case, {}).update(checks)
+        measured = document["cases"]
+        kept = any(check not in measured.get(case, {}) for case, checks in old["cases"].items() for check in (checks or {}))
+        if kept:
+            checks = sorted({check for per_case in measured.values() for check in per_case})
+            where = (document.get("device") or {}).get("name", "an unnamed device")
+            note = (f"{document['recorded']}: {', '.join(checks) or 'no'} bounds of {len(measured)} case(s) recorded on {where} "
+                    f"({document.get('versions')}) with margin {document['margin']:g}, merged into this file; the other bounds are as they were")
+            document = {**old, "notes": [*old.get("notes", []), note]}
         document = {**document, "cases": dict(sorted(merged.items()))}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")

@@ -47,6 +47,11 @@ METRICS: dict[str, Metric] = {
     # SNR in dB: error = noise-to-signal power ratio; the floor is 90 dB
     "snr_db": Metric("higher", lambda v: 10.0 ** (-v / 10.0), lambda e: -10.0 * math.log10(e) if e > 0 else math.inf, 1e-9, "snr_db", ".2f"),
     "code_agreement": Metric("higher", _ONE_MINUS, _ONE_MINUS, 0.0, "codes", ".4f"),
+    # the decode loop (accuracy/decode.py): its worst step, and how its error grows from the first
+    # quarter of the steps to the last (a ratio near 1 when clean; its error form is the ratio itself)
+    "worst_step_cosine": Metric("higher", _ONE_MINUS, _ONE_MINUS, 1e-7, "worst_step", ".7f"),
+    "worst_step_rel_error": Metric("lower", _IDENTITY, _IDENTITY, 1e-6, "step_rel_err", ".3e"),
+    "error_growth": Metric("lower", _IDENTITY, _IDENTITY, 0.05, "growth", ".3f"),
 }
 
 

@@ -49,6 +49,7 @@ class PromptCase:
     context: tuple[Turn, ...] = ()
     depth_frames: int = 4
     generate_frames: int = 0
+    decode_frames: int = 32
 
     def conversation(self) -> list[dict]:
         """The chat-template conversation, with context audio as float32 arrays."""
@@ -195,6 +196,7 @@ def load_catalogue(path: Path | str | None = None) -> Catalogue:
                 context=tuple(turns),
                 depth_frames=_int(entry, "depth_frames", where, 4),
                 generate_frames=_int(entry, "generate_frames", where, 0),
+                decode_frames=_int(entry, "decode_frames", where, 32),
             )
         )
     for i, entry in enumerate(raw.get("codec") or []):

@@ -27,6 +27,10 @@ Specs (`--csm-fault`, repeatable):
                                                 1e-3), patched in the class, so the CPU reference changes
                                                 with the device, as when a release changes a function:
                                                 only the golden drift gate can see it
+  decode_attn:<factor>                          every backbone attention output multiplied by <factor> in
+                                                cached decode steps only (query length 1): the prefill and
+                                                every uncached forward are untouched, so only the
+                                                decode-loop check can see it
 
 The performance faults hook the backbone's forward, which runs once per generated frame.
 Every fault's note (what apply_fault returns) names the module it was planted in.
@@ -43,6 +47,7 @@ from csm_conformance.faults.errors import FaultError, PlantedFaultError
 from csm_conformance.faults.numeric import (
     _cache_length,
     _cross_version_change,
+    _decode_step_attention,
     _drop_rope_scaling,
     _fp16_matmul,
     _nan_activation,
@@ -65,7 +70,7 @@ from csm_conformance.faults.spec import _number, apply_fault
 
 __all__ = [
     "FaultError", "PlantedFaultError", "apply_fault",
-    "_at_frame", "_cache_length", "_cross_version_change", "_drop_rope_scaling", "_fp16_matmul", "_hang_at",
+    "_at_frame", "_cache_length", "_cross_version_change", "_decode_step_attention", "_drop_rope_scaling", "_fp16_matmul", "_hang_at",
     "_nan_activation", "_number", "_per_frame_leak", "_per_frame_sleep", "_per_frame_slowdown", "_perturb_weight",
     "_positions", "_raise_at", "_shift_attention_mask", "_shifted_mask", "_transient_sleep", "_wait",
 ]

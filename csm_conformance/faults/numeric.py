@@ -172,3 +172,26 @@ def _cross_version_change(model: torch.nn.Module, target: str, relative: float) 
     cls.forward = forward
     return (f"transformers' {cls.__module__}.{cls.__name__}.forward scales its output by 1 + {relative:g} in this process "
             "(reference and device alike: a cross-version numeric change)")
+
+
+def _decode_step_attention(model: torch.nn.Module, factor: float) -> str:
+    """Every backbone attention output scaled by `factor` in cached decode steps only (one query
+    position), the prefill and every uncached forward untouched: a fault in the decode path (a
+    kernel chosen for query length 1, a cache read) that only the generation loop runs. A forward
+    hook that keeps no state, so a compiled decode step traces it like any other."""
+    layers = [(n, m) for n, m in model.backbone_model.named_modules() if n.endswith("self_attn")]
+    if not layers:
+        raise FaultError(f"fault decode_attn:{factor:g}: the backbone has no self_attn modules")
+
+    def hook(_module, args, kwargs, output):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if hidden is None or hidden.shape[1] != 1:
+            return output
+        if isinstance(output, tuple):
+            return (output[0] * factor, *output[1:])
+        return output * factor
+
+    for _, module in layers:
+        module.register_forward_hook(hook, with_kwargs=True)
+    return (f"backbone attention output x {factor:g} in cached decode steps (query length 1) in "
+            f"backbone_model.layers.*.self_attn ({len(layers)} layers); prefill untouched")

@@ -7,7 +7,15 @@ from collections.abc import Callable
 import torch
 
 from csm_conformance.faults.errors import FaultError
-from csm_conformance.faults.numeric import _cross_version_change, _drop_rope_scaling, _fp16_matmul, _nan_activation, _perturb_weight, _shift_attention_mask
+from csm_conformance.faults.numeric import (
+    _cross_version_change,
+    _decode_step_attention,
+    _drop_rope_scaling,
+    _fp16_matmul,
+    _nan_activation,
+    _perturb_weight,
+    _shift_attention_mask,
+)
 from csm_conformance.faults.per_frame import _at_frame, _hang_at, _per_frame_leak, _per_frame_sleep, _per_frame_slowdown, _raise_at, _transient_sleep
 
 
@@ -61,11 +69,16 @@ def _plan(spec: str) -> Callable[[torch.nn.Module], str]:
         if offset == 0:
             raise FaultError(f"fault {spec}: an offset of 0 changes nothing; use mask:1 or mask:-1")
         return lambda model: _shift_attention_mask(model, offset)
+    if kind == "decode_attn":
+        factor = _number(spec, rest)
+        if factor == 1.0:
+            raise FaultError(f"fault {spec}: a factor of 1 changes nothing; use e.g. decode_attn:1.05")
+        return lambda model: _decode_step_attention(model, factor)
     if kind in _PER_FRAME:
         return _PER_FRAME[kind](spec, rest)
     raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, "
-                     "sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame> "
-                     "or xversion:<rmsnorm|mimi>[:<relative>]")
+                     "sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame>, "
+                     "xversion:<rmsnorm|mimi>[:<relative>] or decode_attn:<factor>")
 
 
 def _planted(plant, note: str) -> Callable[[torch.nn.Module], str]:

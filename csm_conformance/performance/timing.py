@@ -9,7 +9,6 @@ first backbone call, which a one-shot forward hook marks after one synchronize.
 from __future__ import annotations
 
 import statistics
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +16,7 @@ import torch
 from csm_conformance.catalogue.workloads import PerfCase
 from csm_conformance.runtime import clock, devices, host_speed, probes
 from csm_conformance.runtime.models import LoadedModel
+from csm_conformance.runtime.modes import generation_mode  # noqa: F401  defined below both gates; run.py, synthesis, A/B call it here
 
 try:  # the streamer base class moved with transformers' generation package; both layouts work
     from transformers.generation.streamers import BaseStreamer
@@ -115,33 +115,6 @@ def generate_round(loaded: LoadedModel, inputs, frames: int, seed: int, on_put=N
     intervals = [b - a for a, b in zip(stamps, stamps[1:])]
     prefill_s = (prefill.stamp - start) if prefill.stamp is not None else float("nan")
     return RoundTiming(end - start, stamps[0] - start, prefill_s, intervals, probe.median_us() if probe else None)
-
-
-@contextmanager
-def generation_mode(loaded: LoadedModel, mode: str):
-    """Eager as loaded, or compiled: static caches on the backbone and the depth decoder and
-    torch.compile of the decode step, as transformers' CSM documentation describes. Yields a label
-    naming the backend; the model's generation configs are restored afterwards."""
-    if mode == "eager":
-        yield "eager"
-        return
-    from transformers import CompileConfig
-
-    backend, compile_mode, label = devices.compile_backend(loaded.device)
-    compile_config = CompileConfig(backend=backend, mode=compile_mode)
-    if loaded.device.split(":")[0] not in ("cuda", "xpu"):
-        compile_config._compile_all_devices = True  # transformers auto-compiles only on CUDA/XPU otherwise
-    model = loaded.model
-    configs = [model.generation_config, model.depth_decoder.generation_config]
-    saved = [(c.cache_implementation, c.compile_config) for c in configs]
-    for config in configs:
-        config.cache_implementation = "static"
-        config.compile_config = compile_config
-    try:
-        yield f"static cache + torch.compile ({label})"
-    finally:
-        for config, (cache, compiled) in zip(configs, saved):
-            config.cache_implementation, config.compile_config = cache, compiled
 
 
 def peak_memory_bytes(memory: devices.PeakMemory, model) -> int | None:

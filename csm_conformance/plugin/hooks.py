@@ -33,7 +33,7 @@ from csm_conformance.results import Status
 from csm_conformance.runtime import devices, preflight
 from csm_conformance.suite import rootfix
 from csm_conformance.suite.options import OPTIONS, OptionError
-from csm_conformance.suite.session import ConformanceSession
+from csm_conformance.suite.session import ConformanceSession, decode_frames
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -127,6 +127,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = {
         "prompt_case": catalogue.prompts,
         "generation_case": [c for c in catalogue.prompts if c.generate_frames > 0],
+        "loop_case": [c for c in catalogue.prompts if decode_frames(session.settings, c) > 0],
         "decode_case": [c for c in catalogue.codec if c.kind == "decode"],
         "encode_case": [c for c in catalogue.codec if c.kind == "encode"],
         "perf_case": session.perf.cases,

@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from csm_conformance.accuracy import golden, localize, metrics
-from csm_conformance.accuracy.check_results import CheckResult
+from csm_conformance.accuracy import decode, golden, localize, metrics
+from csm_conformance.accuracy.check_results import CheckResult, MetricRow
 from csm_conformance.baseline_files import BaselineError
 from csm_conformance.reports import accuracy_report as reporting
 from csm_conformance.results import Status
+from csm_conformance.runtime.decode_loop import DecodeRecord, DecodeStoppedEarly, reference_decode
+from csm_conformance.suite.session import decode_frames
 
 # Localizations run so far, per session and case id: a case is localized once, whichever check asks first.
 _LOCALIZED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -118,6 +120,47 @@ def generation(csm, case, codes_a, audio_a, codes_b) -> CheckResult:
         (out_dir / f"{case.id}.wav").write_bytes(reporting.wav_bytes(audio_a.numpy()))
         reporting.attach_wav(f"{case.id} generated", audio_a.numpy())
     return result
+
+
+def reference_loop(csm, case, mode: str = "eager") -> DecodeRecord:
+    """The reference's greedy decode loop for the case's frames (computed once per case and mode);
+    a loop that stopped early fails the test with one line."""
+    frames = decode_frames(csm.settings, case)
+    try:
+        return csm.cached(("decode_loop", case.id, frames, mode), lambda: reference_decode(csm.reference, case, frames, mode))
+    except DecodeStoppedEarly as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def decode_loop(csm, case, ref: DecodeRecord, dev: DecodeRecord, mode: str = "eager") -> CheckResult:
+    """The device's generation loop, forced along the reference's codes, judged step by step: the
+    worst step's cosine (at least the cosine floor) and relative error, argmax agreement, KL and the
+    error's growth along the loop, each within its per-case bound, for the backbone's codebook-0
+    steps and (`@depth`) the depth decoder's. A failure's first message names the case, the mode,
+    the first step that left its floor or bound and the metric."""
+    check = "decode_loop"
+    bad = csm.nonfinite_result(case.id, check, backbone_reference=ref.backbone, backbone_device=dev.backbone,
+                               depth_reference=ref.depth, depth_device=dev.depth)
+    if bad is not None:
+        return attached(bad)
+    series = {"": decode.step_series(ref.backbone, dev.backbone, csm.dtype), "@depth": decode.step_series(ref.depth, dev.depth, csm.dtype)}
+    values = {name: value for suffix, s in series.items() for name, value in decode.loop_figures(s, suffix).items()}
+    min_cosine = csm.settings.csm_min_cosine
+    result = csm.evaluate(case.id, check, values, floors={f"worst_step_cosine{suffix}": min_cosine for suffix in series},
+                          info={"frames": float(ref.frames)})
+    bounds = {r.metric: r.bound for r in result.rows if r.rule == "bound"}
+    leads = []
+    for suffix, s in series.items():
+        out = decode.first_step_out(s, min_cosine, bounds.get(f"worst_step_cosine{suffix}"), bounds.get(f"worst_step_rel_error{suffix}"))
+        result.rows.append(MetricRow(f"first_step_out{suffix}", float(out[0] if out else -1), None, "info", None))
+        if out is not None:
+            part = "backbone (codebook 0)" if suffix == "" else "depth decoder"
+            leads.append(f"{case.id} ({mode}): step {out[0]} of {ref.frames} is the first to leave its bound, {part} {out[1]}")
+    if result.failed:
+        whole = ", ".join(r.metric for r in result.rows if r.ok is False)
+        result.messages = (leads or [f"{case.id} ({mode}): every step inside its bound, but not the loop's {whole}"])[:1] + result.messages
+    reporting.attach_json(f"{case.id} {check} ({mode}): per step", {k or "backbone": v.as_dict() for k, v in series.items()})
+    return attached(result)
 
 
 def golden_or_skip(csm, case_id: str) -> tuple[dict, dict]:

@@ -52,7 +52,8 @@ OPTIONS = [
     Option("--csm-golden-max-rel-error", "CSM_GOLDEN_MAX_REL_ERROR", 1e-4, "relative error of today's CPU reference against the golden one", "float"),
     Option("--csm-fault", "CSM_FAULT", [], "plant a fault in the device model (self-tests): weight:<param>[:<scale>], rope, "
            "nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, "
-           "raise:<frame>, hang:<frame>, xversion:<rmsnorm|mimi>[:<relative>]", "list"),
+           "raise:<frame>, hang:<frame>, xversion:<rmsnorm|mimi>[:<relative>], decode_attn:<factor>", "list"),
+    Option("--csm-decode-frames", "CSM_DECODE_FRAMES", 0, "frames of every prompt case's decode-loop check (0: each case's decode_frames)", "int"),
     Option("--csm-localize", "CSM_LOCALIZE", False, "localize the first diverging module for every prompt case, not only for failing ones", "bool"),
     Option("--csm-dump", "CSM_DUMP", "", "save per-module output dumps (device and reference) to this directory, for offline comparison between stacks"),
     # performance gate

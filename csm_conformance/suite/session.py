@@ -32,7 +32,7 @@ from csm_conformance.runtime import devices
 from csm_conformance.runtime.models import LoadedModel, ModelSource, dtype_name, parse_dtype
 from csm_conformance.suite.options import Settings
 
-__all__ = ["ConformanceError", "ConformanceSession", "CheckResult", "MetricRow", "NonFiniteOutputError"]
+__all__ = ["ConformanceError", "ConformanceSession", "CheckResult", "MetricRow", "NonFiniteOutputError", "decode_frames"]
 
 
 class ConformanceError(UserError, RuntimeError):
@@ -73,6 +73,11 @@ def _require_audio_backend(catalogue: Catalogue) -> None:
     if has_context and parse_version(transformers.__version__)[:2] < LIBROSA_BEFORE and importlib.util.find_spec("librosa") is None:
         raise ConformanceError(f"transformers {transformers.__version__} needs librosa to read the context audio of multi-turn cases "
                                "(its load_audio requires it before 4.56): pip install 'csm-conformance[librosa]' (or librosa)")
+
+
+def decode_frames(settings: Settings, case: PromptCase) -> int:
+    """Frames of the case's decode-loop check: --csm-decode-frames, else the case's decode_frames."""
+    return settings.csm_decode_frames or case.decode_frames
 
 
 class ConformanceSession:

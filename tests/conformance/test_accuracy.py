@@ -11,7 +11,7 @@ import torch
 from csm_conformance.accuracy import metrics
 from csm_conformance.plugin import assert_gate
 from csm_conformance.reports import accuracy_report as reporting
-from csm_conformance.runtime import probes
+from csm_conformance.runtime import decode_loop, probes
 from csm_conformance.suite import checks
 from csm_conformance.suite.session import NonFiniteOutputError
 
@@ -37,6 +37,14 @@ def test_depth_decoder_logits(csm, prompt_case):
     ref = csm.ref_depth_logits(prompt_case)
     dev = probes.depth_decoder_logits(csm.target, prompt_case, csm.ref_codes(prompt_case), context_codec=csm.reference)
     assert_gate(checks.explained(csm, prompt_case, csm.check_logits(prompt_case.id, "depth_logits", ref, dev)))
+
+
+def test_decode_loop(csm, loop_case):
+    """The generation loop (eager): the device's cached decode steps, forced through its own
+    generate() along the reference's greedy codes, step by step against the reference's loop."""
+    ref = checks.reference_loop(csm, loop_case)
+    dev = decode_loop.forced_decode(csm.target, loop_case, ref.codes, ref.frames, mode="eager", context_codec=csm.reference)
+    assert_gate(checks.decode_loop(csm, loop_case, ref, dev, mode="eager"))
 
 
 def test_mimi_decode(csm, decode_case):

@@ -229,7 +229,8 @@ def test_a_crash_with_finite_outputs_is_reraised_unchanged(tiny_session):
 
 @pytest.mark.parametrize("spec,message", [
     ("bogus", "unknown fault 'bogus': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, "
-              "slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame> or xversion:<rmsnorm|mimi>[:<relative>]"),
+              "slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame>, xversion:<rmsnorm|mimi>[:<relative>] "
+              "or decode_attn:<factor>"),
     ("sleep:fast", "fault sleep:fast: 'fast' is not a number"),
 ])
 def test_bad_fault_spec_is_the_standard_setup_line(run_suite, pytester, spec, message):

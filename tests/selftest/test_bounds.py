@@ -64,6 +64,26 @@ def test_merge_keeps_cases_not_measured(tmp_path):
     assert merged.bound("a", "c", "mae") is not None and merged.bound("b", "c", "mae") is not None
 
 
+def test_merge_keeps_the_checks_not_measured_and_the_files_description(tmp_path):
+    """Recording one check (`-k decode_loop`) adds its bounds beside the case's other checks, keeps
+    the stored file's description and notes, and says in a note what it recorded, where and how."""
+    path = tmp_path / "b.json"
+    first = bounds.build_bounds({"a": {"c": {"mae": 0.1}}}, 0.5, {"device": {"name": "old cpu"}, "notes": ["hand note"]})
+    bounds.write_bounds(path, first)
+    old = bounds.BoundsBook.load(path)
+    bounds.write_bounds(path, bounds.build_bounds({"a": {"loop": {"mae": 0.2}}}, 1.0, {"device": {"name": "new cpu"}, "versions": {"torch": "x"}}),
+                        merge_with=old)
+    merged = bounds.BoundsBook.load(path)
+    assert merged.bound("a", "c", "mae") == old.bound("a", "c", "mae") and merged.bound("a", "loop", "mae") is not None
+    assert merged.data["device"] == {"name": "old cpu"} and merged.data["margin"] == 0.5
+    assert merged.data["notes"][0] == "hand note"
+    assert "loop bounds of 1 case(s) recorded on new cpu ({'torch': 'x'}) with margin 1, merged into this file" in merged.data["notes"][1]
+    bounds.write_bounds(path, bounds.build_bounds({"a": {"c": {"mae": 0.3}, "loop": {"mae": 0.3}}}, 0.5, {"device": {"name": "new cpu"}}),
+                        merge_with=merged)
+    again = bounds.BoundsBook.load(path)  # everything re-recorded: the new run's description
+    assert again.data["device"] == {"name": "new cpu"} and "notes" not in again.data
+
+
 def test_module_qualified_metrics_are_judged_as_their_kind(tmp_path):
     """The module_local check stores one `rel_error@<module>` per module; it is a rel_error in
     every respect (direction, floor, error form), and a qualifier on an unknown metric is still

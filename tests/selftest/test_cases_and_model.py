@@ -21,6 +21,7 @@ def test_default_catalogue_has_the_required_cases():
     cat = cases.load_catalogue()
     assert {"short_en", "medium_en", "chinese", "speaker_1", "numbers_punct", "long_en", "multi_turn_ctx"} <= set(cat.ids())
     assert any(c.context for c in cat.prompts) and any(c.generate_frames for c in cat.prompts)
+    assert all(c.decode_frames >= 32 for c in cat.prompts) and max(c.decode_frames for c in cat.prompts) >= 256  # a long loop (issue 21)
 
 
 @pytest.mark.parametrize("text,match", [
@@ -31,6 +32,7 @@ def test_default_catalogue_has_the_required_cases():
     ("prompts: [{id: a, text: x, context: [{text: y}]}]", "context\\[0\\] needs"),
     ("codec: [{id: c, decode: {frames: 2}, encode: {seconds: 1}}]", "exactly one of"),
     ("prompts: [{id: a, text: x, depth_frames: -1}]", "non-negative integer"),
+    ("prompts: [{id: a, text: x, decode_frames: many}]", "'decode_frames' must be a non-negative integer"),
     ("prompts: [{id: a, text: [unclosed", "not valid YAML"),
 ])
 def test_catalogue_errors_are_one_line(tmp_path, text, match):

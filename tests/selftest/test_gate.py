@@ -30,6 +30,7 @@ def test_clean_run_passes_and_reports(run_suite, pytester):
     statuses = {(r["case"], r["check"]): r["status"] for r in report["results"]}
     assert statuses[("short_en", "backbone_logits")] == "passed"
     assert statuses[("multi_turn_ctx", "depth_logits")] == "passed"
+    assert statuses[("short_en", "decode_loop")] == statuses[("multi_turn_ctx", "decode_loop")] == "passed"
     assert all(s in ("passed",) for s in statuses.values()), statuses
     assert (pytester.path / "output" / "accuracy_summary.txt").exists()
 
@@ -51,6 +52,21 @@ def test_planted_fault_fails_the_gate(run_suite, pytester, fault, failing):
     failed = [line for line in result.stdout.lines if line.startswith("FAILED")]
     assert any(failing in line for line in failed), failed
     result.stdout.fnmatch_lines(["*PLANTED FAULT*"])
+
+
+def test_a_decode_only_fault_is_seen_by_the_decode_loop_alone(run_suite, pytester):
+    """decode_attn:1.05 scales the backbone's attention output in cached decode steps only (issue
+    21: it left the accuracy gate at 35 passed). The one-pass logits checks stay green; the
+    decode-loop check fails, and its first line names the case, the mode, the first step out of
+    its bound and the metric."""
+    result = run_suite(pytester, "--csm-case", "short_en", "--csm-fault", "decode_attn:1.05",
+                       "-k", "backbone_logits or depth_decoder_logits or decode_loop")
+    assert result.ret == 1, result.stdout.str()[-3000:]
+    result.assert_outcomes(passed=2, failed=1)
+    failed = [line for line in result.stdout.lines if line.startswith("FAILED")]
+    assert len(failed) == 1 and "test_decode_loop[short_en]" in failed[0], failed
+    result.stdout.fnmatch_lines(["*PLANTED FAULT*decode steps*",
+                                 "*short_en/decode_loop: short_en (eager): step * of 32 is the first to leave its bound, backbone (codebook 0) *"])
 
 
 def test_nan_in_outputs_is_red_with_one_line(run_suite, pytester):

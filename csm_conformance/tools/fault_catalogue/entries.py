@@ -52,6 +52,9 @@ CATALOGUE: tuple[Entry, ...] = (
           "one matmul computed in float16 (an autocast or kernel-dispatch change), on a float32 device model", ab=True),
     Entry("mask_off_by_one", ("mask:1",), "accuracy", ACCURACY_ARGS, f"{LAYER}.self_attn",
           "the causal attention mask shifted by one position (every query sees the next token)"),
+    Entry("decode_attn", ("decode_attn:1.05",), "accuracy", ACCURACY_ARGS, "decode_loop: short_en (eager): step",
+          "the backbone's attention output 5 % off in cached decode steps only (a kernel picked for query length 1, a "
+          "cache read): every one-pass check stays green, the decode loop names the first step out of its bound"),
     Entry("nan", (f"nan:{LAYER}",), "accuracy", ACCURACY_ARGS, "backbone_logits: device has non-finite",
           "a NaN in one activation"),
     Entry("raise", ("raise:2",), "accuracy", GENERATION_ONLY, "PlantedFaultError",
