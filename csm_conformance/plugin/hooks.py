@@ -64,7 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = _worker_id(config)
     state = RunState()
     try:
-        preflight.check()  # the stack can run CSM (done once, when the plugin was imported: fixtures.py)
+        preflight.check()  # the stack can run CSM (done once already, when the plugin package was imported: cached)
         settings = _settings(config)
         for spec in settings.csm_fault:  # a bad spec is this line now, not a pytest.exit once the model has loaded
             check_spec(spec)
