@@ -138,6 +138,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 metafunc.parametrize(name, cases, ids=[c.id for c in cases])
             else:  # e.g. --csm-case picked only prompt cases: the codec tests are deselected, not skipped
                 metafunc.parametrize(name, [pytest.param(NOT_SELECTED, id="none")])
+    if "loop_mode" in metafunc.fixturenames:  # after loop_case: test_decode_loop[short_en-compiled]
+        metafunc.parametrize("loop_mode", session.settings.csm_decode_modes)
 
 
 def _gate_marker(item: pytest.Item) -> str | None:

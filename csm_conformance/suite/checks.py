@@ -21,7 +21,9 @@ from csm_conformance.accuracy.check_results import CheckResult, MetricRow
 from csm_conformance.baseline_files import BaselineError
 from csm_conformance.reports import accuracy_report as reporting
 from csm_conformance.results import Status
-from csm_conformance.runtime.decode_loop import DecodeRecord, DecodeStoppedEarly, reference_decode
+from csm_conformance.runtime import known_issues
+from csm_conformance.runtime.decode_loop import DecodeRecord, DecodeStoppedEarly, forced_decode, reference_decode
+from csm_conformance.runtime.devices import DeviceError
 from csm_conformance.suite.session import decode_frames
 
 # Localizations run so far, per session and case id: a case is localized once, whichever check asks first.
@@ -132,13 +134,34 @@ def reference_loop(csm, case, mode: str = "eager") -> DecodeRecord:
         pytest.fail(str(exc), pytrace=False)
 
 
+def loop_check(mode: str) -> str:
+    """The check's name in bounds and reports: compiled graphs have their own numerics (fusions,
+    other kernels), so each mode has its own bounds."""
+    return "decode_loop" if mode == "eager" else f"decode_loop_{mode}"
+
+
+def device_loop(csm, case, ref: DecodeRecord, mode: str) -> DecodeRecord:
+    """The device's loop forced along the reference's codes, in `mode`. A mode this stack cannot run
+    for a known reason (a compile backend that is not installed, a known upstream compile break)
+    is a skip with that reason in one line (a failure under --csm-strict); any other error is red."""
+    try:
+        return forced_decode(csm.target, case, ref.codes, ref.frames, mode=mode, context_codec=csm.reference)
+    except DeviceError as exc:
+        pytest.skip(f"{case.id} ({mode}): {exc}")
+    except Exception as exc:
+        issue = known_issues.known_issue(mode, exc)
+        if issue is None:
+            raise
+        pytest.skip(f"{case.id} ({mode}): {issue.reason}")
+
+
 def decode_loop(csm, case, ref: DecodeRecord, dev: DecodeRecord, mode: str = "eager") -> CheckResult:
     """The device's generation loop, forced along the reference's codes, judged step by step: the
     worst step's cosine (at least the cosine floor) and relative error, argmax agreement, KL and the
     error's growth along the loop, each within its per-case bound, for the backbone's codebook-0
     steps and (`@depth`) the depth decoder's. A failure's first message names the case, the mode,
     the first step that left its floor or bound and the metric."""
-    check = "decode_loop"
+    check = loop_check(mode)
     bad = csm.nonfinite_result(case.id, check, backbone_reference=ref.backbone, backbone_device=dev.backbone,
                                depth_reference=ref.depth, depth_device=dev.depth)
     if bad is not None:

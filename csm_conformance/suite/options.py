@@ -54,6 +54,8 @@ OPTIONS = [
            "nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, "
            "raise:<frame>, hang:<frame>, xversion:<rmsnorm|mimi>[:<relative>], decode_attn:<factor>", "list"),
     Option("--csm-decode-frames", "CSM_DECODE_FRAMES", 0, "frames of every prompt case's decode-loop check (0: each case's decode_frames)", "int"),
+    Option("--csm-decode-modes", "CSM_DECODE_MODES", ["eager", "compiled"],
+           "generation modes of the decode-loop check: eager and/or compiled (static cache + torch.compile, as timed)", "list"),
     Option("--csm-localize", "CSM_LOCALIZE", False, "localize the first diverging module for every prompt case, not only for failing ones", "bool"),
     Option("--csm-dump", "CSM_DUMP", "", "save per-module output dumps (device and reference) to this directory, for offline comparison between stacks"),
     # performance gate
@@ -169,6 +171,10 @@ def settings_from(cli: dict, environ: dict | None = None, ini: dict | None = Non
     if "compiled" in settings.csm_perf_modes and settings.csm_perf_warmup < 1:
         raise OptionError("compiled mode needs --csm-perf-warmup >= 1: compilation must not land in a timed round")
 
+    unknown = [m for m in settings.csm_decode_modes if m not in ("eager", "compiled")]
+    if unknown or not settings.csm_decode_modes:
+        raise OptionError(f"--csm-decode-modes takes eager and/or compiled, got {','.join(settings.csm_decode_modes) or 'nothing'}")
+    settings.csm_decode_modes = list(dict.fromkeys(settings.csm_decode_modes))
     try:
         parse_tolerances(settings.csm_perf_tolerance)
     except ValueError as exc:

@@ -39,12 +39,13 @@ def test_depth_decoder_logits(csm, prompt_case):
     assert_gate(checks.explained(csm, prompt_case, csm.check_logits(prompt_case.id, "depth_logits", ref, dev)))
 
 
-def test_decode_loop(csm, loop_case):
-    """The generation loop (eager): the device's cached decode steps, forced through its own
-    generate() along the reference's greedy codes, step by step against the reference's loop."""
+def test_decode_loop(csm, loop_case, loop_mode):
+    """The generation loop, eager and compiled (static cache + torch.compile, as the performance gate
+    times it): the device's cached decode steps, forced through its own generate() along the
+    reference's greedy codes, step by step against the reference's loop."""
     ref = checks.reference_loop(csm, loop_case)
-    dev = decode_loop.forced_decode(csm.target, loop_case, ref.codes, ref.frames, mode="eager", context_codec=csm.reference)
-    assert_gate(checks.decode_loop(csm, loop_case, ref, dev, mode="eager"))
+    dev = checks.device_loop(csm, loop_case, ref, loop_mode)
+    assert_gate(checks.decode_loop(csm, loop_case, ref, dev, mode=loop_mode))
 
 
 def test_mimi_decode(csm, decode_case):
