@@ -386,3 +386,109 @@ def test_a_loosened_bound_is_listed_and_unacknowledged_makes_the_verdict_inconcl
     code, report, markdown = run_verdict("--allow-loosened")
     assert (code, report["verdict"], report["baselines"]["status"]) == (0, "SAFE", "acknowledged")
     assert f"| bound | {key} | looser |" in markdown  # acknowledged, still listed
+
+
+# ---- the compiled generation loop and the compiled timing ----------------------------------------
+LOOP_TESTS = TESTS + ["test_decode_loop[short_en-compiled]"]
+LOOP_RED = "short_en (compiled): step 3: cosine 0.91 outside >= 0.9999 (floor)"
+LOOP_SKIP = "short_en (compiled): compile backend 'inductor' is not available"
+
+
+def compiled_loop_doc(transformers: str, status: str) -> dict:
+    """An accuracy report with test_decode_loop[short_en-compiled] passed, failed or skipped (a skip is
+    recorded as the plugin records it: case "<case>-compiled", check "decode_loop", the reason)."""
+    doc = accuracy_doc(transformers)
+    if status == "skipped":
+        doc["results"].append({"case": "short_en-compiled", "check": "decode_loop", "status": "skipped", "messages": [LOOP_SKIP], "metrics": {}})
+        return doc
+    cosine = 0.99995 if status == "passed" else 0.91
+    doc["results"].append({"case": "short_en", "check": "decode_loop_compiled", "status": status,
+                           "messages": [] if status == "passed" else [LOOP_RED],
+                           "metrics": {"cosine": {"value": cosine, "bound": 0.9999, "rule": "floor", "ok": status == "passed"}}})
+    return doc
+
+
+def compiled_perf_doc(transformers: str, compiled_ms: float = 10.0) -> dict:
+    """perf_doc with short_32t-b1-compiled timed too (static cache + torch.compile)."""
+    doc = perf_doc(transformers)
+    compiled = json.loads(json.dumps(doc["csm"]["results"][0]))
+    compiled.update(case="short_32t-b1-compiled", mode="compiled")
+    compiled["figures"]["frame_ms_median"]["value"], compiled["figures"]["rtf"]["value"] = compiled_ms, compiled_ms / 80.0
+    doc["csm"]["results"].append(compiled)
+    doc["csm"]["settings"]["modes"] = ["eager", "compiled"]
+    return doc
+
+
+def compiled_verdict(tmp_path, capsys, loop_status: str, timing: str) -> tuple[int, dict, str]:
+    """Current: the compiled loop passed. Candidate: the loop `loop_status`, its compiled timing
+    `timing`: "faster" or "ok" from the gate runs, or "ab" (a SAFE compiled case in the A/B report)."""
+    before = write_side(tmp_path / "current", compiled_loop_doc("5.24.0", "passed"), compiled_perf_doc("5.24.0"),
+                        dict.fromkeys(LOOP_TESTS, "passed"))
+    after = write_side(tmp_path / "candidate", compiled_loop_doc("5.25.0", loop_status),
+                       compiled_perf_doc("5.25.0", 5.0 if timing == "faster" else 10.0),
+                       {**dict.fromkeys(TESTS, "passed"), LOOP_TESTS[-1]: loop_status})
+    args = ["--before", str(before), "--after", str(after), "--output", str(tmp_path / "v")]
+    if timing == "ab":
+        doc = ab_doc("SAFE")
+        compiled = json.loads(json.dumps(doc["cases"][0]))
+        compiled.update(case="short_32t-b1-compiled", mode="compiled")
+        doc["cases"].append(compiled)
+        (tmp_path / "ab").mkdir()
+        (tmp_path / "ab" / "ab.json").write_text(json.dumps(doc))
+        args += ["--ab", str(tmp_path / "ab")]
+    code = verdict.main(args)
+    capsys.readouterr()
+    return code, json.loads((tmp_path / "v" / "verdict.json").read_text()), (tmp_path / "v" / "verdict.md").read_text()
+
+
+@pytest.mark.parametrize("timing", ["faster", "ok", "ab"])
+def test_a_red_compiled_loop_on_the_candidate_is_regressed_and_its_safe_compiled_timing_is_caveated(tmp_path, capsys, timing):
+    """The compiled timing times the compiled generation loop: when that loop is wrong on the
+    candidate, the verdict is REGRESSED in words about the compiled loop, and every compiled timing
+    that reads SAFE/ok/faster carries the caveat beside it (the eager one does not)."""
+    code, report, markdown = compiled_verdict(tmp_path, capsys, "failed", timing)
+    assert (code, report["verdict"]) == (1, "REGRESSED")
+    line = f"compiled generation loop wrong on candidate: short_en ({LOOP_RED}); its compiled timing (SAFE/faster) is not to be trusted"
+    assert line in report["reasons"] and line in markdown.splitlines()[0], report["reasons"]
+    assert not any("accuracy short_en/decode_loop_compiled" in r for r in report["reasons"])  # said once, in the words above
+    caveat = "not to be trusted: the compiled generation loop is wrong on candidate (short_en)"
+    assert report["compiled_caveat"] == caveat
+    expected = {"faster": (f"faster or leaner on candidate: short_32t-b1-compiled ({caveat})", f"### short_32t-b1-compiled: improved ({caveat})"),
+                "ok": (f"compiled timing short_32t-b1-compiled reads ok on candidate: {caveat}", f"### short_32t-b1-compiled: ok ({caveat})"),
+                "ab": (f"compiled timing (A/B) short_32t-b1-compiled reads SAFE: {caveat}", f"### short_32t-b1-compiled: SAFE (14 pairs, x) ({caveat})")}
+    note, heading = expected[timing]
+    assert note in report["notes"], report["notes"]
+    assert heading in markdown.splitlines(), [x for x in markdown.splitlines() if x.startswith("### short_32t")]
+    assert not any(x.startswith("### short_32t-b1-eager") and caveat in x for x in markdown.splitlines())
+
+
+@pytest.mark.parametrize("timing", ["faster", "ab"])
+def test_a_green_compiled_loop_leaves_the_compiled_timing_alone(tmp_path, capsys, timing):
+    code, report, markdown = compiled_verdict(tmp_path, capsys, "passed", timing)
+    assert (code, report["verdict"]) == (0, "SAFE"), report["headline"]
+    assert report["compiled_caveat"] is None
+    assert "compiled generation loop" not in markdown
+    assert ("### short_32t-b1-compiled: improved" if timing == "faster" else "### short_32t-b1-compiled: SAFE (14 pairs, x)") in markdown.splitlines()
+
+
+def test_a_compiled_loop_that_passed_before_and_is_skipped_on_the_candidate_is_inconclusive_and_named(tmp_path, capsys):
+    code, report, markdown = compiled_verdict(tmp_path, capsys, "skipped", "faster")
+    assert (code, report["verdict"]) == (3, "INCONCLUSIVE")
+    line = (f"compiled generation loop not checked on candidate (it passed on current): short_en ({LOOP_SKIP}); "
+            "its compiled timing (SAFE/faster) is unverified")
+    assert line in report["reasons"], report["reasons"]
+    caveat = "unverified: the compiled generation loop was not checked on candidate (short_en)"
+    assert f"faster or leaner on candidate: short_32t-b1-compiled ({caveat})" in report["notes"], report["notes"]
+    assert f"### short_32t-b1-compiled: improved ({caveat})" in markdown.splitlines()
+    assert not any("accuracy short_en/decode_loop_compiled not run" in r for r in report["reasons"])  # said once, in the words above
+
+
+def test_a_compiled_loop_that_raised_on_the_candidate_is_regressed_from_its_junit_entry(tmp_path, capsys):
+    """A check that raised (torch.compile failing inside generate) writes no accuracy result: junit.xml says it."""
+    before = write_side(tmp_path / "current", compiled_loop_doc("5.24.0", "passed"), compiled_perf_doc("5.24.0"), dict.fromkeys(LOOP_TESTS, "passed"))
+    code, report, _ = judge(tmp_path, before, capsys, accuracy=accuracy_doc("5.25.0"), performance=compiled_perf_doc("5.25.0"),
+                            outcomes={**dict.fromkeys(TESTS, "passed"), LOOP_TESTS[-1]: "error"})
+    assert (code, report["verdict"]) == (1, "REGRESSED")
+    assert ("compiled generation loop wrong on candidate: short_en (the test raised, no accuracy result (see junit.xml)); "
+            "its compiled timing (SAFE/faster) is not to be trusted") in report["reasons"], report["reasons"]
+    assert "compiled timing short_32t-b1-compiled reads ok on candidate: not to be trusted" in " ".join(report["notes"])

@@ -8,8 +8,11 @@ run_status.json. This module reads the two directories and decides:
   stored bound or golden reference, a crash, a setup error such as a model that no longer loads),
   or when a gated performance figure of the candidate is worse than the current stack's by more
   than its tolerance (the run's own tolerances, widened to noise_factor x CV as the gate does);
+  the compiled decode-loop check (decode_loop_compiled) red only on the candidate is said in its own
+  words, and any compiled timing that reads SAFE/faster carries "not to be trusted" beside it;
 - INCONCLUSIVE when something needed for a judgement is missing: a report, a test the current
-  stack ran and the candidate did not, a different model/device/dtype, a planted fault, or a test
+  stack ran and the candidate did not (the compiled decode loop named, its compiled timing
+  "unverified"), a different model/device/dtype, a planted fault, or a test
   that fails on both stacks (a test the current stack fails and the candidate passes is a note);
 - SAFE otherwise.
 

@@ -7,6 +7,7 @@ candidate getting worse (regressed), what is only missing evidence (missing), an
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from csm_conformance.accuracy.metrics import known, to_error
@@ -47,6 +48,10 @@ class PerfRow:
     comparisons: list = field(default_factory=list)
 
     @property
+    def mode(self) -> str | None:
+        return (self.after or self.before or {}).get("mode") or (COMPILED if self.case.endswith("-compiled") else None)
+
+    @property
     def verdict(self) -> str:
         if self.before is None or self.after is None:
             return "not compared"
@@ -68,10 +73,68 @@ class Verdict:
     stack_diff: list | None = None  # (what, before, after) rows of runtime.stack.diff; None when a side recorded none
     stack_note: str = ""  # one line: what kind of change the stack diff is
     baselines: object | None = None  # tools.baselines_diff.Result, when --base-baselines was given
+    compiled_caveat: str | None = None  # set beside every compiled timing that reads SAFE/faster: the compiled loop is red or unchecked
+
+    def caveat(self, mode: str | None, reads_well: bool) -> str:
+        """' (caveat)' for a timing line of `mode` that reads SAFE/ok/faster, else ''."""
+        return _caveat(self.compiled_caveat, mode) if reads_well else ""
 
     @property
     def headline(self) -> str:
         return self.status + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
+
+
+COMPILED = "compiled"  # the generation mode the performance gate times as <workload>-compiled
+COMPILED_LOOP = "decode_loop_compiled"  # test_decode_loop[<case>-compiled]'s check in the accuracy report
+_COMPILED_SKIP = re.compile(r"^(?P<case>.+)-compiled(?P<device> \(.+\))?$")  # a skip is recorded as case "<case>-compiled", check "decode_loop"
+_COMPILED_TEST = re.compile(r"test_decode_loop\[(?P<case>.+)-compiled\]$")
+
+
+def compiled_loop_case(case: str, check: str) -> str | None:
+    """The case of an accuracy row that is the compiled decode-loop check (run, or skipped), else None."""
+    if check == COMPILED_LOOP:
+        return case
+    match = _COMPILED_SKIP.match(case) if check == "decode_loop" else None
+    return match["case"] + (match["device"] or "") if match else None
+
+
+def _compiled_loops(side: Side) -> dict[str, tuple[str, str]]:
+    """case -> (status, first message) of one side's compiled decode-loop check: from its accuracy
+    report, else its junit.xml (a check that raised, e.g. in torch.compile, has no accuracy result)."""
+    found = {}
+    for r in (side.accuracy or {}).get("results", []):
+        case = compiled_loop_case(f"{r['case']} ({r['device']})" if r.get("device") else r["case"], r["check"])
+        if case is not None:
+            found[case] = (r.get("status", "not run"), next(iter(r.get("messages") or []), ""))
+    for test, outcome in (side.tests or {}).items():
+        match = _COMPILED_TEST.search(test.split("::")[-1])
+        if match and match["case"] not in found and outcome in ("failed", "error"):
+            found[match["case"]] = ("failed", f"the test {'raised' if outcome == 'error' else 'failed'}, no accuracy result (see junit.xml)")
+    return found
+
+
+def _compiled_findings(before: Side, after: Side, regressed: list[str], missing: list[str]) -> tuple[str | None, set[str]]:
+    """The compiled generation loop (static cache + torch.compile) is what the compiled timing runs:
+    red on the candidate (and not on the current stack) is REGRESSED, passed on the current stack and
+    not checked on the candidate is INCONCLUSIVE, each named in plain words. Returns the caveat to set
+    beside the candidate's compiled timings that read SAFE/faster (or None), and the cases said here."""
+    old, new = _compiled_loops(before), _compiled_loops(after)
+    red = {c: msg for c, (status, msg) in new.items() if status == "failed"}
+    only_new = {c: msg for c, msg in red.items() if old.get(c, ("not run", ""))[0] != "failed"}
+    lost = {c: new.get(c, ("not run", "not run"))[1] or "skipped" for c, (status, _) in old.items()
+            if status == "passed" and new.get(c, ("not run", ""))[0] in ("skipped", "not run")}
+    named = lambda found: "; ".join(f"{c} ({m})" if m else c for c, m in found.items())  # noqa: E731
+    if only_new:
+        regressed.append(f"compiled generation loop wrong on {after.label}: {named(only_new)}; its compiled timing (SAFE/faster) is not to be trusted")
+    if lost:
+        missing.append(f"compiled generation loop not checked on {after.label} (it passed on {before.label}): {named(lost)}; "
+                       "its compiled timing (SAFE/faster) is unverified")
+    said = {*only_new, *lost}
+    if red:
+        return f"not to be trusted: the compiled generation loop is wrong on {after.label} ({', '.join(red)})", said
+    if lost:
+        return f"unverified: the compiled generation loop was not checked on {after.label} ({', '.join(lost)})", said
+    return None, said
 
 
 def _accuracy_rows(before: Side, after: Side) -> list[AccuracyRow]:
@@ -199,10 +262,14 @@ def decide(before: Side, after: Side, ab: dict | None = None, baselines=None) ->
         missing += [f"no {JUNIT_FILE} in {s.path} ({s.label})" for s in (before, after) if s.tests is None]
 
     accuracy = _accuracy_rows(before, after)
+    compiled_caveat = None
     if before.accuracy is None or after.accuracy is None:
         missing += [f"no accuracy report ({ACCURACY_FILE}) for {s.label}" for s in (before, after) if s.accuracy is None]
     else:
+        compiled_caveat, said = _compiled_findings(before, after, regressed, missing)
         for row in accuracy:
+            if compiled_loop_case(row.case, row.check) in said:
+                continue  # said above, in words about the compiled loop
             if row.status(row.after) == "failed" and row.status(row.before) != "failed":
                 regressed.append(f"accuracy {row.case}/{row.check} outside its bound on {after.label}: "
                                  + "; ".join((row.after or {}).get("messages", [])[:1]))
@@ -219,6 +286,9 @@ def decide(before: Side, after: Side, ab: dict | None = None, baselines=None) ->
         regressed += found[0]
         missing += found[1]
         notes += found[2]
+        fine = [c["case"] for c in ab.get("cases") or [] if c.get("mode") == COMPILED and c.get("decision") == "SAFE"]
+        if fine and compiled_caveat:
+            notes.append(f"compiled timing (A/B) {', '.join(fine)} reads SAFE: {compiled_caveat}")
     elif before.performance is None or after.performance is None:
         missing += [f"no performance report ({PERFORMANCE_FILE}) for {s.label}" for s in (before, after) if s.performance is None]
     else:
@@ -230,9 +300,12 @@ def decide(before: Side, after: Side, ab: dict | None = None, baselines=None) ->
                 worst = max(bad, key=lambda c: c.change - c.tolerance)
                 regressed.append(f"performance {row.case}: {worst.metric} {worst.change:+.1%} (tolerance +{worst.tolerance:.1%})"
                                  + (f" and {len(bad) - 1} more figure(s)" if len(bad) > 1 else ""))
-        better = [r.case for r in performance if r.verdict == "improved"]
+        better = [r for r in performance if r.verdict == "improved"]
         if better:
-            notes.append(f"faster or leaner on {after.label}: " + ", ".join(better))
+            notes.append(f"faster or leaner on {after.label}: " + ", ".join(r.case + _caveat(compiled_caveat, r.mode) for r in better))
+        steady = [r.case for r in performance if r.verdict == "ok" and r.mode == COMPILED]
+        if steady and compiled_caveat:
+            notes.append(f"compiled timing {', '.join(steady)} reads ok on {after.label}: {compiled_caveat}")
 
     _baselines_findings(baselines, missing, notes)
     status = "REGRESSED" if regressed else "INCONCLUSIVE" if missing else "SAFE"
@@ -240,4 +313,8 @@ def decide(before: Side, after: Side, ab: dict | None = None, baselines=None) ->
     if regressed and missing:
         notes += [f"also: {m}" for m in missing]
     return Verdict(status, reasons, before, after, accuracy, performance, notes, ab, method,
-                   *stack_view(before, after, None if ab is NO_AB else ab), baselines)
+                   *stack_view(before, after, None if ab is NO_AB else ab), baselines, compiled_caveat)
+
+
+def _caveat(caveat: str | None, mode: str | None) -> str:
+    return f" ({caveat})" if caveat and mode == COMPILED else ""

@@ -63,13 +63,16 @@ def to_markdown(v: Verdict) -> str:
     if v.ab is not None:
         from csm_conformance.tools.ab import report as ab_report
 
-        body = ab_report.to_markdown(v.ab).split("\n", 1)[1]  # its own headline is in Why
-        lines += ["", f"## Performance: paired A/B comparison, {v.ab['verdict']}", "", body.replace("\n## ", "\n### ")]
+        body = ab_report.to_markdown(v.ab).split("\n", 1)[1].replace("\n## ", "\n### ")  # its own headline is in Why
+        # a compiled case that reads SAFE while the compiled loop is red or unchecked: the caveat beside it
+        heads = tuple(f"### {c['case']}: SAFE (" for c in v.ab.get("cases") or [] if v.caveat(c.get("mode"), c["decision"] == "SAFE"))
+        body = "\n".join(line + (v.caveat("compiled", True) if line.startswith(heads) else "") for line in body.split("\n"))
+        lines += ["", f"## Performance: paired A/B comparison, {v.ab['verdict']}", "", body]
     if v.performance:
         lines += ["", "## Performance (candidate against the current stack, same machine)", "",
                   "Tolerance: the run's configured tolerance for the figure's class, widened to noise_factor x the larger CV.", ""]
         for row in v.performance:
-            lines += [f"### {row.case}: {row.verdict}", ""]
+            lines += [f"### {row.case}: {row.verdict}{v.caveat(row.mode, row.verdict in ('ok', 'improved'))}", ""]
             if row.comparisons:
                 lines += [f"| figure | {b.label} | {a.label} | change | tolerance | verdict |", "| --- | --- | --- | --- | --- | --- |"]
                 for c in row.comparisons:
@@ -86,6 +89,7 @@ def to_json(v: Verdict) -> dict:
         "headline": v.headline,
         "reasons": v.reasons,
         "notes": v.notes,
+        "compiled_caveat": v.compiled_caveat,
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "stack_note": v.stack_note,
         "stack_diff": None if v.stack_diff is None else [{"what": w, "before": old, "after": new} for w, old, new in v.stack_diff],
