@@ -31,6 +31,13 @@ Specs (`--csm-fault`, repeatable):
                                                 cached decode steps only (query length 1): the prefill and
                                                 every uncached forward are untouched, so only the
                                                 decode-loop check can see it
+  cache_path:<relative>                         the values a KV cache hands back in decode steps x (1 + relative),
+                                                patched in transformers' cache classes: the reference's loop
+                                                carries it too, so only the reference's cache-consistency
+                                                check and the golden decode loop can see it
+  compiled:<relative>                           every graph the compiled mode compiles returns its floating
+                                                outputs x (1 + relative) (a compile backend wrapping the real
+                                                one): only the compiled decode-loop check can see it
 
 The performance faults hook the backbone's forward, which runs once per generated frame.
 Every fault's note (what apply_fault returns) names the module it was planted in.
@@ -46,6 +53,8 @@ from __future__ import annotations
 from csm_conformance.faults.errors import FaultError, PlantedFaultError
 from csm_conformance.faults.numeric import (
     _cache_length,
+    _cache_path,
+    _compiled_only,
     _cross_version_change,
     _decode_step_attention,
     _drop_rope_scaling,
@@ -70,7 +79,8 @@ from csm_conformance.faults.spec import _number, apply_fault
 
 __all__ = [
     "FaultError", "PlantedFaultError", "apply_fault",
-    "_at_frame", "_cache_length", "_cross_version_change", "_decode_step_attention", "_drop_rope_scaling", "_fp16_matmul", "_hang_at",
+    "_at_frame", "_cache_length", "_cache_path", "_compiled_only", "_cross_version_change", "_decode_step_attention",
+    "_drop_rope_scaling", "_fp16_matmul", "_hang_at",
     "_nan_activation", "_number", "_per_frame_leak", "_per_frame_sleep", "_per_frame_slowdown", "_perturb_weight",
     "_positions", "_raise_at", "_shift_attention_mask", "_shifted_mask", "_transient_sleep", "_wait",
 ]

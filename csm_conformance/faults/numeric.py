@@ -195,3 +195,69 @@ def _decode_step_attention(model: torch.nn.Module, factor: float) -> str:
         module.register_forward_hook(hook, with_kwargs=True)
     return (f"backbone attention output x {factor:g} in cached decode steps (query length 1) in "
             f"backbone_model.layers.*.self_attn ({len(layers)} layers); prefill untouched")
+
+
+def _cache_path(relative: float) -> str:
+    """The values a KV cache hands back in decode steps (one new position) scaled by 1 + relative,
+    patched in transformers' cache classes for the whole process: the reference's loop carries it
+    as the device's does, as a cache bug of the stack would. Prefill and every uncached forward are
+    untouched, so only the reference's own cache-consistency check (cached against uncached) and
+    the golden decode loop can see it."""
+    from transformers import cache_utils
+
+    classes = [cls for cls in vars(cache_utils).values()
+               if isinstance(cls, type) and issubclass(cls, cache_utils.Cache) and "update" in vars(cls)]
+    if not classes:
+        raise FaultError("fault cache_path: transformers.cache_utils has no Cache.update to patch")
+    if any(getattr(cls.update, "_csm_cache_path", False) for cls in classes):
+        raise FaultError("fault cache_path is planted twice")
+    for cls in classes:
+        original = cls.update
+
+        def update(self, key_states, value_states, *args, _original=original, **kwargs):
+            keys, values = _original(self, key_states, value_states, *args, **kwargs)
+            if key_states.shape[-2] == 1:  # a decode step: attention reads the cache
+                values = values * (1.0 + relative)
+            return keys, values
+
+        update._csm_cache_path = True
+        cls.update = update
+    return (f"KV-cache values read in decode steps x (1 + {relative:g}), patched in transformers.cache_utils "
+            f"({', '.join(c.__name__ for c in classes)}.update) in this process: reference and device alike")
+
+
+def _compiled_only(relative: float) -> str:
+    """Every graph the compiled mode compiles returns its floating outputs scaled by 1 + relative: a
+    compile backend that wraps the real one (inductor) and perturbs what it computes, as a
+    miscompiling release would. Eager runs, the prefill (not compiled) and the reference are
+    untouched, so only the compiled decode-loop check can see it."""
+    import torch
+
+    from csm_conformance.runtime import devices
+
+    real = devices.compile_backend
+    if getattr(real, "_csm_compiled_only", False):
+        raise FaultError("fault compiled is planted twice")
+
+    def compile_backend(device: str):
+        backend, mode, label = real(device)
+        if backend == "inductor":  # with its mode, as torch.compile(backend="inductor", mode=mode) builds it
+            inner = torch._TorchCompileInductorWrapper(mode, None, False)
+        else:
+            inner = torch._dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
+
+        def perturbing(graph_module, example_inputs):
+            compiled = inner(graph_module, example_inputs)
+
+            def run(*args):
+                out = compiled(*args)
+                scale = lambda t: t * (1.0 + relative) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+                return type(out)(scale(t) for t in out) if isinstance(out, (list, tuple)) else scale(out)
+
+            return run
+
+        return perturbing, None, f"{label}, outputs x (1 + {relative:g}) (planted)"
+
+    compile_backend._csm_compiled_only = True
+    devices.compile_backend = compile_backend
+    return f"every compiled graph's floating outputs x (1 + {relative:g}) (a wrapping compile backend; eager and the reference untouched)"

@@ -8,6 +8,8 @@ import torch
 
 from csm_conformance.faults.errors import FaultError
 from csm_conformance.faults.numeric import (
+    _cache_path,
+    _compiled_only,
     _cross_version_change,
     _decode_step_attention,
     _drop_rope_scaling,
@@ -74,11 +76,16 @@ def _plan(spec: str) -> Callable[[torch.nn.Module], str]:
         if factor == 1.0:
             raise FaultError(f"fault {spec}: a factor of 1 changes nothing; use e.g. decode_attn:1.05")
         return lambda model: _decode_step_attention(model, factor)
+    if kind in ("cache_path", "compiled"):
+        relative = _number(spec, rest) if rest else None
+        if relative is None:
+            raise FaultError(f"fault {spec}: give the relative error, e.g. {kind}:1e-3")
+        return lambda model: (_cache_path if kind == "cache_path" else _compiled_only)(relative)
     if kind in _PER_FRAME:
         return _PER_FRAME[kind](spec, rest)
     raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, "
                      "sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame>, "
-                     "xversion:<rmsnorm|mimi>[:<relative>] or decode_attn:<factor>")
+                     "xversion:<rmsnorm|mimi>[:<relative>], decode_attn:<factor>, cache_path:<relative> or compiled:<relative>")
 
 
 def _planted(plant, note: str) -> Callable[[torch.nn.Module], str]:

@@ -104,8 +104,10 @@ def _decode(loaded: LoadedModel, case: PromptCase, frames: int, codes: torch.Ten
         processors.append(ForceTokens(lambda ids: codes[backbone_step(ids), 0].expand(ids.shape[0])))
     depth_steps: list[torch.Tensor] = []
     inputs = probes.prompt_inputs(loaded, case, audio_in_model_dtype=context_codec is None)
-    with generation_mode(loaded, mode), probes.context_codes_from(loaded, context_codec), \
-            _depth_decoder_recorded(model, codes, depth_steps):
+    # the depth decoder's generation config is restored by _depth_decoder_recorded, so it is entered
+    # first: entered inside generation_mode, it would restore the compiled config for good
+    with probes.context_codes_from(loaded, context_codec), _depth_decoder_recorded(model, codes, depth_steps), \
+            generation_mode(loaded, mode):
         out = model.generate(**inputs, max_new_tokens=frames, min_new_tokens=frames, do_sample=False,
                              depth_decoder_do_sample=False, logits_processor=processors,
                              return_dict_in_generate=True, output_logits=True, output_audio=False)

@@ -82,11 +82,20 @@ def greedy_codes(loaded: LoadedModel, case: PromptCase, frames: int) -> torch.Te
 @torch.inference_mode()
 def depth_decoder_logits(loaded: LoadedModel, case: PromptCase, codes: torch.Tensor,
                          context_codec: LoadedModel | None = None) -> torch.Tensor:
-    """Depth-decoder logits for codebooks 1..N-1, teacher-forced with `codes`: [frames, N-1, vocab].
+    """Depth-decoder logits for codebooks 1..N-1, teacher-forced with `codes`: [frames, N-1, vocab]."""
+    return teacher_forced_logits(loaded, case, codes, context_codec)[1]
 
-    One backbone pass over prompt + frames gives the hidden state that precedes each frame; the
-    depth decoder then sees that state at position 0 and the frame's codes 0..N-2 after it, which
-    is exactly what generation feeds it when it produced those codes.
+
+@torch.inference_mode()
+def teacher_forced_logits(loaded: LoadedModel, case: PromptCase, codes: torch.Tensor,
+                          context_codec: LoadedModel | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits a generation loop along `codes` computes, without any cache: codebook 0 of each
+    frame [frames, vocab] and the depth decoder's codebooks 1..N-1 [frames, N-1, vocab].
+
+    One backbone pass over prompt + frames gives the hidden state that precedes each frame (its
+    codebook-0 logits through lm_head); the depth decoder then sees that state at position 0 and the
+    frame's codes 0..N-2 after it, which is exactly what generation feeds it when it produced those
+    codes.
     """
     model = loaded.model
     inputs = prompt_inputs(loaded, case, audio_in_model_dtype=context_codec is None)
@@ -100,12 +109,12 @@ def depth_decoder_logits(loaded: LoadedModel, case: PromptCase, codes: torch.Ten
     codes = codes.to(loaded.device)
     frame_embeds = model.backbone_model.embed_tokens(codes[None, :-1])  # frames that precede each target
     embeds = torch.cat([prompt_embeds, frame_embeds.to(prompt_embeds.dtype)], dim=1)
-    hidden = model.backbone_model(inputs_embeds=embeds).last_hidden_state[0]
+    hidden = model.backbone_model(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
     prompt_len = prompt_embeds.shape[1]
     before_frame = hidden[prompt_len - 1 : prompt_len - 1 + codes.shape[0]]  # [frames, hidden]
     depth_ids = torch.nn.functional.pad(codes[:, :-1], (1, 0), value=0)  # position 0: placeholder
-    out = model.depth_decoder(input_ids=depth_ids, backbone_last_hidden_state=before_frame)
-    return out.logits.float().cpu()
+    out = model.depth_decoder(input_ids=depth_ids, backbone_last_hidden_state=before_frame, use_cache=False)
+    return model.lm_head(before_frame).float().cpu(), out.logits.float().cpu()
 
 
 @torch.inference_mode()

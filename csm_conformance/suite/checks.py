@@ -186,10 +186,37 @@ def decode_loop(csm, case, ref: DecodeRecord, dev: DecodeRecord, mode: str = "ea
     return attached(result)
 
 
-def golden_or_skip(csm, case_id: str) -> tuple[dict, dict]:
-    """The golden tensors and metadata stored for this case and these weights; a skip (a failure
-    under --csm-strict) when none is stored, a failure when it is damaged or for other weights."""
-    path = csm.golden_file(case_id)
+def cache_consistency(csm, case, cached: DecodeRecord, uncached: tuple[torch.Tensor, torch.Tensor]) -> CheckResult:
+    """The reference's own cached loop against one uncached forward over the same prefix (float32),
+    every step, for codebook 0 and (`@depth`) the depth decoder: only summation order differs, so
+    the worst step's relative error must stay under --csm-cache-max-rel-error. A cache-path bug of
+    the stack hits the device and the reference alike, so no device-vs-reference check can see it."""
+    check = "cache_consistency"
+    bad = csm.nonfinite_result(case.id, check, backbone_cached=cached.backbone, backbone_uncached=uncached[0],
+                               depth_cached=cached.depth, depth_uncached=uncached[1])
+    if bad is not None:
+        return attached(bad)
+    series = {"": decode.step_series(cached.backbone, uncached[0], None), "@depth": decode.step_series(cached.depth, uncached[1], None)}
+    limit = csm.settings.csm_cache_max_rel_error
+    values = {f"worst_step_rel_error{suffix}": float(s.rel_error.max()) for suffix, s in series.items()}
+    result = csm.evaluate(case.id, check, values, use_bounds=False, info={"frames": float(cached.frames)},
+                          invariants={name: (value, "<=", limit) for name, value in values.items()})
+    if result.failed:
+        firsts = [(int(torch.nonzero(~(s.rel_error <= limit))[0]), suffix, s) for suffix, s in series.items() if not bool((s.rel_error <= limit).all())]
+        step, suffix, s = min(firsts, key=lambda item: item[0])
+        part = "backbone (codebook 0)" if suffix == "" else "depth decoder"
+        result.messages.insert(0, f"{case.id}: the reference's cached decode step {step} of {cached.frames} differs from an uncached forward "
+                                  f"over the same prefix, {part} rel_error {float(s.rel_error[step]):.3g} > {limit:.3g}: a cache-path error "
+                                  "of this stack (it hits the device and the reference alike)")
+    reporting.attach_json(f"{case.id} {check}: per step", {k or "backbone": v.rel_error.tolist() for k, v in series.items()})
+    return attached(result)
+
+
+def golden_or_skip(csm, case_id: str, part: str = "") -> tuple[dict, dict]:
+    """The golden tensors and metadata stored for this case and these weights (`part`: a second
+    golden file of the case, e.g. its decode loop); a skip (a failure under --csm-strict) when none
+    is stored, a failure when it is damaged or for other weights."""
+    path = csm.golden_file(case_id + part)
     try:
         stored = golden.load_golden(path)
     except BaselineError as exc:
@@ -206,21 +233,51 @@ def golden_or_skip(csm, case_id: str) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def saved_golden(csm, case_id: str, tensors: dict) -> CheckResult:
+def saved_golden(csm, case_id: str, tensors: dict, part: str = "") -> CheckResult:
     """--csm-save-golden: today's reference outputs stored as the case's golden reference."""
-    golden.save_golden(csm.golden_file(case_id), tensors, csm.run_meta())
-    result = csm.evaluate(case_id, "golden_saved", {}, use_bounds=False)
+    golden.save_golden(csm.golden_file(case_id + part), tensors, csm.run_meta())
+    result = csm.evaluate(case_id, "golden_saved" + part.replace(".", "_"), {}, use_bounds=False)
     result.status = Status.SAVED
     return result
 
 
-def drift(csm, case_id: str, values: dict, invariants: dict, meta: dict) -> CheckResult:
+def drift(csm, case_id: str, values: dict, invariants: dict, meta: dict, check: str = "golden_drift") -> CheckResult:
     """Today's reference against the golden one, judged by the --csm-golden-* limits (the bounds
     are for device against reference, not for one stack against another)."""
     s = csm.settings
     limits = {"cosine": (">=", s.csm_golden_min_cosine), "rel_error": ("<=", s.csm_golden_max_rel_error)}
-    result = csm.evaluate(case_id, "golden_drift", values, use_bounds=False, invariants={
+    result = csm.evaluate(case_id, check, values, use_bounds=False, invariants={
         name: (values[name], *limits[kind]) for name, kind in invariants.items()})
     if result.failed:
         result.messages.append(f"golden saved with {meta.get('versions')}")
     return result
+
+
+GOLDEN_LOOP = ".decode_loop"  # the case's second golden file: <case>.decode_loop.safetensors
+
+
+def golden_loop(csm, case, now: DecodeRecord) -> CheckResult:
+    """--csm-save-golden: the reference's decode loop (its greedy codes and every step's logits)
+    stored beside the case's golden reference."""
+    return saved_golden(csm, case.id, {"codes": now.codes, "backbone_logits": now.backbone, "depth_logits": now.depth}, GOLDEN_LOOP)
+
+
+def loop_drift(csm, case, now: DecodeRecord) -> CheckResult:
+    """Today's reference loop against the golden one, step by step, forced along the golden codes
+    (today's own loop when it took the same path, as it does on an unchanged stack), judged by the
+    --csm-golden-* limits at its worst step; the greedy codes' agreement is reported beside."""
+    stored, meta = golden_or_skip(csm, case.id, GOLDEN_LOOP)
+    codes = stored["codes"]
+    if codes.shape[0] != now.frames:
+        pytest.fail(f"{case.id}: the golden decode loop has {codes.shape[0]} frames, this run's {now.frames} "
+                    "(--csm-decode-frames or the catalogue changed; save it again with --csm-save-golden)", pytrace=False)
+    values = {"greedy_code_agreement": metrics.code_agreement(codes, now.codes)["code_agreement"]}
+    if not torch.equal(codes, now.codes):
+        now = forced_decode(csm.reference, case, codes, now.frames)
+    for part, key, logits in (("backbone", "backbone_logits", now.backbone), ("depth", "depth_logits", now.depth)):
+        series = decode.step_series(stored[key], logits, None)
+        values[f"{part}_worst_step_cosine"] = float(series.cosine.min())
+        values[f"{part}_worst_step_rel_error"] = float(series.rel_error.max())
+    return drift(csm, case.id, values, meta=meta, check="golden_drift_loop", invariants={
+        "backbone_worst_step_cosine": "cosine", "depth_worst_step_cosine": "cosine",
+        "backbone_worst_step_rel_error": "rel_error", "depth_worst_step_rel_error": "rel_error"})

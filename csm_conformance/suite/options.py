@@ -50,9 +50,11 @@ OPTIONS = [
     Option("--csm-min-cosine", "CSM_MIN_COSINE", 0.9999, "logits cosine every case must exceed, whatever its bounds", "float"),
     Option("--csm-golden-min-cosine", "CSM_GOLDEN_MIN_COSINE", 0.99999, "cosine of today's CPU reference against the golden one", "float"),
     Option("--csm-golden-max-rel-error", "CSM_GOLDEN_MAX_REL_ERROR", 1e-4, "relative error of today's CPU reference against the golden one", "float"),
+    Option("--csm-cache-max-rel-error", "CSM_CACHE_MAX_REL_ERROR", 1e-5,
+           "the reference's cached decode logits against an uncached forward over the same prefix, float32 (worst step)", "float"),
     Option("--csm-fault", "CSM_FAULT", [], "plant a fault in the device model (self-tests): weight:<param>[:<scale>], rope, "
            "nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, "
-           "raise:<frame>, hang:<frame>, xversion:<rmsnorm|mimi>[:<relative>], decode_attn:<factor>", "list"),
+           "raise:<frame>, hang:<frame>, xversion:<rmsnorm|mimi>[:<relative>], decode_attn:<factor>, cache_path:<relative>, compiled:<relative>", "list"),
     Option("--csm-decode-frames", "CSM_DECODE_FRAMES", 0, "frames of every prompt case's decode-loop check (0: each case's decode_frames)", "int"),
     Option("--csm-decode-modes", "CSM_DECODE_MODES", ["eager", "compiled"],
            "generation modes of the decode-loop check: eager and/or compiled (static cache + torch.compile, as timed)", "list"),
@@ -158,6 +160,8 @@ def settings_from(cli: dict, environ: dict | None = None, ini: dict | None = Non
     settings = Settings(**values)
     if not 0.0 < settings.csm_min_cosine <= 1.0:
         raise OptionError(f"--csm-min-cosine must be in (0, 1], got {settings.csm_min_cosine}")
+    if not settings.csm_cache_max_rel_error > 0:
+        raise OptionError(f"--csm-cache-max-rel-error must be > 0, got {settings.csm_cache_max_rel_error}")
     if settings.csm_bound_margin < 0:
         raise OptionError(f"--csm-bound-margin must be >= 0, got {settings.csm_bound_margin}")
     if settings.csm_perf_rounds < 1:

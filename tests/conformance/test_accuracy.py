@@ -11,7 +11,7 @@ import torch
 from csm_conformance.accuracy import metrics
 from csm_conformance.plugin import assert_gate
 from csm_conformance.reports import accuracy_report as reporting
-from csm_conformance.runtime import decode_loop, probes
+from csm_conformance.runtime import probes
 from csm_conformance.suite import checks
 from csm_conformance.suite.session import NonFiniteOutputError
 
@@ -46,6 +46,14 @@ def test_decode_loop(csm, loop_case, loop_mode):
     ref = checks.reference_loop(csm, loop_case)
     dev = checks.device_loop(csm, loop_case, ref, loop_mode)
     assert_gate(checks.decode_loop(csm, loop_case, ref, dev, mode=loop_mode))
+
+
+def test_decode_cache_consistency(csm, loop_case):
+    """The reference's cached loop against an uncached forward over the same prefix, on the reference
+    itself: a cache-path error of the stack, which no device-vs-reference comparison can see."""
+    ref = checks.reference_loop(csm, loop_case)
+    uncached = probes.teacher_forced_logits(csm.reference, loop_case, ref.codes)
+    assert_gate(checks.cache_consistency(csm, loop_case, ref, uncached))
 
 
 def test_mimi_decode(csm, decode_case):
@@ -102,6 +110,15 @@ def test_reference_drift_prompt(csm, prompt_case):
     values["greedy_code_agreement"] = metrics.code_agreement(golden["depth_codes"], csm.ref_codes(prompt_case))["code_agreement"]
     assert_gate(checks.drift(csm, prompt_case.id, values, meta=meta, invariants={
         "backbone_cosine": "cosine", "depth_cosine": "cosine", "backbone_rel_error": "rel_error", "depth_rel_error": "rel_error"}))
+
+
+def test_reference_drift_loop(csm, loop_case):
+    """Today's CPU reference decode loop against the golden one, step by step."""
+    now = checks.reference_loop(csm, loop_case)
+    if csm.settings.csm_save_golden:
+        assert_gate(checks.golden_loop(csm, loop_case, now))
+        return
+    assert_gate(checks.loop_drift(csm, loop_case, now))
 
 
 def test_reference_drift_codec(csm, decode_case):

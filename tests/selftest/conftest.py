@@ -71,6 +71,9 @@ def run_suite(monkeypatch):
     disables its benchmarks when it sees them."""
     for name in [k for k in os.environ if k.startswith("PYTEST_XDIST_")]:
         monkeypatch.delenv(name)
+    # the decode-loop check in eager mode only unless a test asks for compiled (--csm-decode-modes):
+    # every run would otherwise compile the model (10-40 s on the CI machine); the main job runs both
+    monkeypatch.setenv("CSM_DECODE_MODES", "eager")
     return _run_suite
 
 

@@ -31,6 +31,7 @@ def test_clean_run_passes_and_reports(run_suite, pytester):
     assert statuses[("short_en", "backbone_logits")] == "passed"
     assert statuses[("multi_turn_ctx", "depth_logits")] == "passed"
     assert statuses[("short_en", "decode_loop")] == statuses[("multi_turn_ctx", "decode_loop")] == "passed"
+    assert statuses[("short_en", "cache_consistency")] == statuses[("short_en", "golden_drift_loop")] == "passed"
     assert all(s in ("passed",) for s in statuses.values()), statuses
     assert (pytester.path / "output" / "accuracy_summary.txt").exists()
 
@@ -64,9 +65,34 @@ def test_a_decode_only_fault_is_seen_by_the_decode_loop_alone(run_suite, pyteste
     assert result.ret == 1, result.stdout.str()[-3000:]
     result.assert_outcomes(passed=2, failed=1)
     failed = [line for line in result.stdout.lines if line.startswith("FAILED")]
-    assert len(failed) == 1 and "test_decode_loop[short_en]" in failed[0], failed
+    assert len(failed) == 1 and "test_decode_loop[short_en-eager]" in failed[0], failed
     result.stdout.fnmatch_lines(["*PLANTED FAULT*decode steps*",
                                  "*short_en/decode_loop: short_en (eager): step * of 32 is the first to leave its bound, backbone (codebook 0) *"])
+
+
+def test_a_cache_path_fault_on_both_sides_is_seen_by_cache_consistency_and_the_golden_loop(run_suite, pytester):
+    """cache_path:1e-4 changes the values every KV cache hands back in decode steps, in the reference
+    and the device alike (a cache bug of the stack): the device-vs-reference checks, decode loop
+    included, stay green; the reference's cached-vs-uncached check and the golden loop fail."""
+    result = run_suite(pytester, "--csm-case", "short_en", "--csm-fault", "cache_path:1e-4",
+                       "-k", "backbone_logits or depth_decoder_logits or decode_loop or cache_consistency or drift")
+    assert result.ret == 1, result.stdout.str()[-3000:]
+    failed = sorted(line.split()[1].split("::")[-1] for line in result.stdout.lines if line.startswith("FAILED"))
+    assert failed == ["test_decode_cache_consistency[short_en]", "test_reference_drift_loop[short_en]"], failed
+    result.assert_outcomes(passed=4, failed=2)
+    result.stdout.fnmatch_lines(["*short_en/cache_consistency: short_en: the reference's cached decode step * of 32 differs from an uncached*"])
+
+
+def test_a_compiled_only_fault_is_seen_by_the_compiled_loop_alone(run_suite, pytester):
+    """compiled:1e-2 perturbs what every compiled graph returns (a wrapping compile backend): the
+    eager loop and every one-pass check stay green, the compiled loop fails naming its mode."""
+    result = run_suite(pytester, "--csm-case", "short_en", "--csm-fault", "compiled:1e-2", "--csm-decode-modes", "eager,compiled",
+                       "-k", "backbone_logits or depth_decoder_logits or decode_loop")
+    assert result.ret == 1, result.stdout.str()[-3000:]
+    failed = [line for line in result.stdout.lines if line.startswith("FAILED")]
+    assert len(failed) == 1 and "test_decode_loop[short_en-compiled]" in failed[0], failed
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*short_en/decode_loop_compiled: short_en (compiled): step * of 32 is the first to leave its bound*"])
 
 
 def test_nan_in_outputs_is_red_with_one_line(run_suite, pytester):
