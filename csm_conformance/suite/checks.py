@@ -160,7 +160,9 @@ def decode_loop(csm, case, ref: DecodeRecord, dev: DecodeRecord, mode: str = "ea
     worst step's cosine (at least the cosine floor) and relative error, argmax agreement, KL and the
     error's growth along the loop, each within its per-case bound, for the backbone's codebook-0
     steps and (`@depth`) the depth decoder's. A failure's first message names the case, the mode,
-    the first step that left its floor or bound and the metric."""
+    the first step that left its floor or bound and the metric; the next, the first module that
+    diverges at that step (eager, teacher-forced: _localized_step). Every mode judged so far is
+    drawn per step in <output>/decode/<case>.png (_plot_modes)."""
     check = loop_check(mode)
     bad = csm.nonfinite_result(case.id, check, backbone_reference=ref.backbone, backbone_device=dev.backbone,
                                depth_reference=ref.depth, depth_device=dev.depth)
@@ -172,9 +174,10 @@ def decode_loop(csm, case, ref: DecodeRecord, dev: DecodeRecord, mode: str = "ea
     result = csm.evaluate(case.id, check, values, floors={f"worst_step_cosine{suffix}": min_cosine for suffix in series},
                           info={"frames": float(ref.frames)})
     bounds = {r.metric: r.bound for r in result.rows if r.rule == "bound"}
-    leads = []
+    leads, firsts = [], {}
     for suffix, s in series.items():
         out = decode.first_step_out(s, min_cosine, bounds.get(f"worst_step_cosine{suffix}"), bounds.get(f"worst_step_rel_error{suffix}"))
+        firsts[suffix] = out
         result.rows.append(MetricRow(f"first_step_out{suffix}", float(out[0] if out else -1), None, "info", None))
         if out is not None:
             part = "backbone (codebook 0)" if suffix == "" else "depth decoder"
@@ -182,8 +185,73 @@ def decode_loop(csm, case, ref: DecodeRecord, dev: DecodeRecord, mode: str = "ea
     if result.failed:
         whole = ", ".join(r.metric for r in result.rows if r.ok is False)
         result.messages = (leads or [f"{case.id} ({mode}): every step inside its bound, but not the loop's {whole}"])[:1] + result.messages
+        result.messages.insert(1, _localized_step(csm, case, ref, series, firsts, mode))
     reporting.attach_json(f"{case.id} {check} ({mode}): per step", {k or "backbone": v.as_dict() for k, v in series.items()})
+    _plot_modes(csm, case, mode, series, bounds, firsts, result.failed)
     return attached(result)
+
+
+# Per session: each case's per-step curves of every mode judged so far (the plot shows them all),
+# and each (case, step) localized so far (the eager and the compiled check often fail at one step).
+_DECODE_CURVES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCALIZED_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plot_modes(csm, case, mode: str, series: dict, bounds: dict, firsts: dict, failed: bool) -> None:
+    """<output>/decode/<case>.png re-drawn with this mode added, attached to the report; a plot
+    that cannot be drawn is a warning, never the check's verdict."""
+    from csm_conformance.reports import decode_plot
+
+    curves = _DECODE_CURVES.setdefault(csm, {}).setdefault(case.id, {})
+    curves[mode] = decode_plot.ModeCurves(series, {k: v for k, v in bounds.items() if k.startswith("worst_step_")}, firsts, failed)
+    try:
+        png = decode_plot.plot_png(case.id, curves, csm.settings.csm_min_cosine, f"{csm.dtype_name} on {csm.device.device} vs CPU float32")
+        decode_plot.write_plot(csm.settings.output_dir, case.id, png)
+    except Exception as exc:  # a figure must not mask the check's own verdict
+        import warnings
+
+        warnings.warn(f"{case.id}: the decode-loop plot could not be drawn ({type(exc).__name__}: {exc})", stacklevel=2)
+        return
+    reporting.attach_png(f"{case.id} decode loop ({', '.join(curves)}): 1 - cosine and rel err per step", png)
+
+
+def _failing_step(series: dict, firsts: dict) -> tuple[int, str]:
+    """The step to localize: the earlier first step out (backbone's or depth decoder's); when no
+    step left its bound (a whole-loop figure failed), the backbone's worst step."""
+    outs = [out[0] for out in (firsts.get(""), firsts.get("@depth")) if out is not None]
+    if outs:
+        return min(outs), "first step out"
+    return int(series[""].rel_error.argmax()), "worst backbone step"
+
+
+def _localized_step(csm, case, ref: DecodeRecord, series: dict, firsts: dict, mode: str) -> str:
+    """One line: the first module diverging at the failing step, localized in eager mode and
+    teacher-forced (localize.localize_step); output/localize/<case>-decode-step<k>.{txt,png,json}
+    written (and the dump under --csm-dump), the table and plot attached. A localizer that cannot
+    run gives a one-line note, never a different failure."""
+    step, which = _failing_step(series, firsts)
+    done = _LOCALIZED_STEPS.setdefault(csm, {})
+    if (case.id, step) not in done:
+        try:
+            loc, sides = localize.localize_step(csm, case, ref.codes, step)
+            stem = f"{case.id}-decode-step{step}"
+            paths = loc.write(csm.settings.output_dir / "localize", stem)
+            if csm.settings.csm_dump:
+                localize.save_dump(Path(csm.settings.csm_dump) / stem, sides)
+            done[(case.id, step)] = (loc, paths[1].read_bytes())
+        except Exception as exc:  # a diagnostic must not mask the check's own verdict
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            done[(case.id, step)] = f"localizer could not run at decode step {step}: {type(exc).__name__}: {first}"
+    outcome = done[(case.id, step)]
+    if isinstance(outcome, str):
+        return outcome
+    loc, png = outcome
+    reporting.attach_json(f"{case.id} localize decode step {step}: per-module table", {**loc.as_dict(), "table": loc.table()})
+    reporting.attach_png(f"{case.id} localize decode step {step}: 1 - cosine and rel err per module", png)
+    if mode != "eager" and loc.first is None:
+        return (f"localized at decode step {step} ({which}): the error appears only in compiled graphs "
+                f"(eager decode step {step} agrees module by module; {loc.summary()})")
+    return f"localized at decode step {step} ({which}, eager, teacher-forced): {loc.summary()}"
 
 
 def cache_consistency(csm, case, cached: DecodeRecord, uncached: tuple[torch.Tensor, torch.Tensor]) -> CheckResult:

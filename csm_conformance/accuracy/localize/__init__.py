@@ -11,6 +11,7 @@ One module per job: hooks.py (the hooks and canonical module names), capture.py 
 outputs on the probes), local.py (module-local errors, teacher-forced), rule.py (the divergence
 rule: why a jump rule and not a fixed floor), report.py and plot.py (table, summary, JSON, plot),
 dump.py (--csm-dump files and their offline comparison), live.py (one case in a running session),
+decode_step.py (one step of the decode loop, teacher-forced: the decode-loop check's failing step),
 cli.py (`csm-conformance localize`). Every public name is re-exported here, so callers
 keep using `csm_conformance.accuracy.localize.X`.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from csm_conformance.accuracy.localize.capture import capture_case, capture_decode, capture_prompt, capturing
 from csm_conformance.accuracy.localize.cli import main
+from csm_conformance.accuracy.localize.decode_step import capture_step, localize_step
 from csm_conformance.accuracy.localize.dump import META_KEY, SCHEMA, compare_dumps, load_side, save_dump
 from csm_conformance.accuracy.localize.hooks import COMPONENTS, component_of, module_name
 from csm_conformance.accuracy.localize.live import localize_case
@@ -35,8 +37,8 @@ from csm_conformance.accuracy.localize.rule import JUMP_FACTOR, DumpError, Row, 
 __all__ = [
     "COMPONENTS", "JUMP_FACTOR", "META_KEY", "SCHEMA",
     "DumpError", "Localization", "Row",
-    "capture_case", "capture_decode", "capture_prompt", "capturing", "coarser", "compare_captures",
+    "capture_case", "capture_decode", "capture_prompt", "capture_step", "capturing", "coarser", "compare_captures",
     "compare_dumps", "component_of", "dtype_eps", "load_side", "local_errors_decode",
-    "local_errors_prompt", "localize", "localize_case", "main", "module_name", "recording_calls",
+    "local_errors_prompt", "localize", "localize_case", "localize_step", "main", "module_name", "recording_calls",
     "replay_local", "save_dump",
 ]

@@ -79,16 +79,20 @@ def _copy_inputs(obj, caches: tuple[type, ...]):
 
 
 @contextmanager
-def _hooked_calls(model: torch.nn.Module, component: str, with_inputs: bool):
+def _hooked_calls(model: torch.nn.Module, component: str, with_inputs: bool, active=None):
     """Forward hooks on `component`'s modules with weights; each call with a floating-point output
     adds an entry under its module name (`#2`, `#3`, ... for later calls): the output as a CPU
-    float32 copy, or (args, kwargs, output) with CPU copies of the inputs."""
+    float32 copy, or (args, kwargs, output) with CPU copies of the inputs. `active` (a callable
+    without arguments), when given, is asked at every call: a call it says False to is neither
+    recorded nor counted (decode_step.py records one frame of a decode loop this way)."""
     entries: dict[str, object] = {}
     counts: dict[str, int] = {}
     caches = _cache_types() if with_inputs else ()
 
     def recorder(name: str):
         def hook(_module, args, kwargs, output):
+            if active is not None and not active():
+                return
             tensor = _first_tensor(output)
             if tensor is None or not tensor.is_floating_point():
                 return
