@@ -83,6 +83,8 @@ def judge(entry: Entry, run: Run, baseline_cv: dict | None = None, clean_after: 
             drift_explains = None in (fault_change, after_change, tolerance) or fault_change - after_change <= tolerance
     caught = red and not drift_explains
     named = red and any(entry.place in _place_text(entry.gate, text) for _test, text in in_gate)
+    if entry.alone:  # the fault is for these checks only: another red test means the place is not where it was planted
+        named = named and all(any(a in test for a in entry.alone) for test, _text in in_gate)
     cv, change = _perf_numbers(run)
     return Outcome(entry.id, list(entry.faults), entry.gate, caught, entry.place, named, _first_line(run, entry.gate),
                    round(run.seconds, 1), run.exit_code, [t for t, _ in in_gate], cv, change, baseline_cv or {},
