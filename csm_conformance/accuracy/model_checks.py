@@ -1,5 +1,6 @@
 """Checks of a model as a whole rather than of one output's numbers: whether each load matched its
-checkpoint (`load_integrity`), and a device generation that stops because its logits are not finite.
+checkpoint (`load_integrity`), and a device generation that stops because its logits are not finite
+or its codes cannot be decoded.
 
 Split from the session (issue 12); ConformanceSession.check_load_integrity (through the gate) and
 ConformanceSession.device_generation call these, and the session still exports
@@ -59,9 +60,17 @@ def device_generation(session, case: PromptCase, frames: int, seed: int) -> tupl
     """The device's seeded generation (codes, audio). When sampling fails because the device's
     logits are not finite (torch.multinomial rejects NaN/Inf probabilities), the generation
     check is recorded as failed and NonFiniteOutputError names the output that went bad,
-    instead of the sampler's error from deep inside generate."""
+    instead of the sampler's error from deep inside generate. When the sampled codes hold ids Mimi
+    cannot decode (random full-size weights sample CSM's specials 2048-2050), the check is recorded
+    as failed (`codes_in_range`) and UndecodableCodesError counts them in one line, instead of the
+    codec's IndexError."""
     try:
         return probes.seeded_generation(session.target, case, frames, seed)
+    except probes.UndecodableCodesError as exc:
+        result = CheckResult(case.id, "generation", status=Status.FAILED, messages=[str(exc)])
+        result.rows = [MetricRow("codes_in_range", exc.in_range, 1.0, "invariant", False, "==")]
+        session.results.append(result)
+        raise probes.UndecodableCodesError(result.failure_text(), exc.in_range) from exc
     except RuntimeError as exc:
         try:
             outputs = {"device_backbone_logits": probes.backbone_logits(session.target, case, context_codec=session.reference)}

@@ -117,9 +117,80 @@ def teacher_forced_logits(loaded: LoadedModel, case: PromptCase, codes: torch.Te
     return model.lm_head(before_frame).float().cpu(), out.logits.float().cpu()
 
 
+class UndecodableCodesError(RuntimeError):
+    """Codes that Mimi cannot decode (ids outside its codebook) were about to be decoded; the
+    message is one line counting and naming them, instead of the embedding lookup's IndexError.
+    `in_range`: the fraction of the codes inside the codebook."""
+
+    def __init__(self, message: str, in_range: float):
+        super().__init__(message)
+        self.in_range = in_range
+
+
+def undecodable_codes(codes: torch.Tensor, codebook_size: int, vocab_size: int | None = None,
+                      random_weights: bool = False) -> str | None:
+    """One line describing the ids of `codes` [num_codebooks, frames] outside Mimi's codebook
+    [0, codebook_size), with their count, codebooks (0-based) and distinct ids; None when all fit.
+
+    Why it can happen: CSM samples each codebook over its audio vocab (2051 ids on CSM-1B), Mimi
+    decodes 2048; the ids past Mimi's are CSM's specials (pad 2050), which trained weights emit
+    only as specials, while random weights sample them like any other id."""
+    codes = codes.detach().cpu()
+    bad = (codes < 0) | (codes >= codebook_size)
+    count = int(bad.sum())
+    if count == 0:
+        return None
+
+    def listed(values: list[int], most: int = 6) -> str:
+        return ", ".join(map(str, values[:most])) + (f" and {len(values) - most} more" if len(values) > most else "")
+
+    books = sorted({int(i) for i in bad.nonzero()[:, 0]})
+    ids = sorted({int(v) for v in codes[bad]})
+    where = f">= Mimi's codebook size {codebook_size}" if ids[0] >= 0 else f"outside Mimi's codebook [0, {codebook_size})"
+    line = (f"{count} of {codes.numel()} sampled codes are {where} (codebook{'s' if len(books) > 1 else ''} {listed(books)}; "
+            f"id{'s' if len(ids) > 1 else ''} {listed(ids)}): the codec cannot decode them")
+    if vocab_size is not None and vocab_size > codebook_size:
+        specials = f"id {codebook_size} is" if vocab_size == codebook_size + 1 else f"ids {codebook_size}-{vocab_size - 1} are"
+        line += f" (CSM's audio vocab has {vocab_size} ids per codebook, Mimi's {codebook_size}: {specials} CSM's specials"
+        line += ", which random weights sample and real weights should not)" if random_weights else ", which real weights should not sample)"
+    return line
+
+
+def check_decodable(loaded: LoadedModel, codes: torch.Tensor) -> None:
+    """Raise UndecodableCodesError when `codes` [num_codebooks, frames] hold ids Mimi cannot decode."""
+    model = loaded.model
+    size = int(model.codec_model.config.codebook_size)
+    problem = undecodable_codes(codes, size, int(model.config.vocab_size), random_weights=loaded.identity.kind != "checkpoint")
+    if problem:
+        codes = codes.detach().cpu()
+        raise UndecodableCodesError(problem, float(((codes >= 0) & (codes < size)).double().mean()))
+
+
+@contextmanager
+def decodable_codes_checked(loaded: LoadedModel):
+    """While active, every Mimi decode of `loaded` (generate's own `output_audio` included) first
+    checks its codes with check_decodable."""
+    codec = loaded.model.codec_model
+    decode, patched = codec.decode, "decode" in vars(codec)
+
+    def checked(audio_codes, *args, **kwargs):  # [batch, num_codebooks, frames]
+        check_decodable(loaded, audio_codes.transpose(0, 1).flatten(1))
+        return decode(audio_codes, *args, **kwargs)
+
+    codec.decode = checked
+    try:
+        yield
+    finally:
+        if patched:
+            codec.decode = decode
+        else:
+            del codec.decode
+
+
 @torch.inference_mode()
 def mimi_decode(loaded: LoadedModel, codes: torch.Tensor) -> torch.Tensor:
-    """Waveform for codes [num_codebooks, frames]."""
+    """Waveform for codes [num_codebooks, frames]; UndecodableCodesError for ids Mimi cannot decode."""
+    check_decodable(loaded, codes)
     audio = loaded.model.codec_model.decode(codes[None].to(loaded.device)).audio_values
     return audio[0, 0].float().cpu()
 
@@ -155,9 +226,11 @@ def sample_fixed_length(loaded: LoadedModel, inputs, frames: int, **kwargs):
 
 @torch.inference_mode()
 def seeded_generation(loaded: LoadedModel, case: PromptCase, frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sampled codes [frames, N] and their audio, with a fixed seed and a fixed length."""
+    """Sampled codes [frames, N] and their audio, with a fixed seed and a fixed length.
+    UndecodableCodesError when the codes hold ids Mimi cannot decode, checked before it decodes."""
     torch.manual_seed(seed)
-    out = sample_fixed_length(loaded, prompt_inputs(loaded, case), frames, output_audio=True, return_dict_in_generate=True)
+    with decodable_codes_checked(loaded):
+        out = sample_fixed_length(loaded, prompt_inputs(loaded, case), frames, output_audio=True, return_dict_in_generate=True)
     codes = out.sequences[0].cpu()
     audio = out.audio[0].float().cpu()
     return codes, audio

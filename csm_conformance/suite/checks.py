@@ -104,8 +104,8 @@ def generation(csm, case, codes_a, audio_a, codes_b) -> CheckResult:
     frames = case.generate_frames
     codec = csm.target.model.codec_model.config
     expected_samples = frames * round(codec.sampling_rate / codec.frame_rate)
-    vocab = csm.target.model.config.vocab_size
-    in_range = float(((codes_a >= 0) & (codes_a < vocab)).double().mean())
+    codebook = codec.codebook_size  # what Mimi can decode; CSM's audio vocab (2051 on CSM-1B) adds specials past it
+    in_range = float(((codes_a >= 0) & (codes_a < codebook)).double().mean())
     finite = 1.0 - metrics.nonfinite_count(audio_a) / max(audio_a.numel(), 1)
     rms = float(audio_a.double().pow(2).mean().sqrt()) if finite == 1.0 else math.nan
     result = csm.evaluate(case.id, "generation", {}, invariants={

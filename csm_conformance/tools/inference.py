@@ -128,6 +128,7 @@ def inference(argv: list[str] | None = None, prog: str = "inference.py") -> int 
 
 
 def _speak(args: argparse.Namespace, prog: str) -> int:
+    from csm_conformance.runtime import probes
     from csm_conformance.suite.options import settings_from
     from csm_conformance.suite.session import ConformanceError
     from csm_conformance.tools import synthesis
@@ -156,6 +157,9 @@ def _speak(args: argparse.Namespace, prog: str) -> int:
         result = synthesis.synthesize(loaded, case, args.max_tokens, args.temperature, args.top_k, args.seed, args.compile)
     except ConformanceError:
         raise
+    except probes.UndecodableCodesError as exc:  # ids past Mimi's codebook (random full-size weights): counted, not IndexError
+        print(f"{prog}: error: generation failed: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a crash inside generate (NaN in sampling, a backend error): one line, not a traceback
         from csm_conformance.runtime.known_issues import known_issue
 

@@ -4,13 +4,15 @@ The cases test_gate.py, test_options.py, test_cases_and_model.py and test_perf_g
 cover (missing model path, cuda absent, unknown case id, bad dtype, corrupt bounds, corrupt golden,
 corrupt performance baseline, zero rounds, catalogue syntax) are not repeated here. These are the
 rest: model directories that are not a CSM checkpoint or whose weights do not fit their config,
-an absent NPU, an empty catalogue, baselines that parse but would disable their gate, and
-non-finite device outputs.
+an absent NPU, an empty catalogue, baselines that parse but would disable their gate,
+non-finite device outputs, and sampled codes Mimi cannot decode.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -22,7 +24,8 @@ from csm_conformance.accuracy.bounds import BoundsBook
 from csm_conformance.baseline_files import BaselineError
 from csm_conformance.catalogue import cases
 from csm_conformance.performance.baselines import BaselineFile
-from csm_conformance.runtime import devices, models, tiny_model
+from csm_conformance.runtime import devices, models, probes, tiny_model
+from csm_conformance.suite import checks
 from csm_conformance.suite.options import settings_from
 from csm_conformance.suite.session import ConformanceSession, NonFiniteOutputError
 
@@ -225,6 +228,104 @@ def test_a_crash_with_finite_outputs_is_reraised_unchanged(tiny_session):
     finally:
         handle.remove()
     assert not isinstance(err.value, NonFiniteOutputError)
+
+
+def test_codes_mimi_cannot_decode_are_counted_in_one_line():
+    """CSM-1B samples over 2051 ids per codebook, Mimi decodes 2048: random full-size weights
+    sample the specials 2048-2050, and Mimi's embedding lookup ended the check in a bare
+    `IndexError: index out of range in self`. The codes are counted and named before it decodes."""
+    codes = torch.randint(0, 2048, (32, 8), generator=torch.Generator().manual_seed(0))  # [codebooks, frames], CSM-1B's
+    codes[3, 1], codes[3, 7], codes[17, 0], codes[17, 5], codes[17, 6] = 2049, 2050, 2050, 2049, 2049
+    assert probes.undecodable_codes(codes, 2048, 2051, random_weights=True) == (
+        "5 of 256 sampled codes are >= Mimi's codebook size 2048 (codebooks 3, 17; ids 2049, 2050): the codec cannot decode them "
+        "(CSM's audio vocab has 2051 ids per codebook, Mimi's 2048: ids 2048-2050 are CSM's specials, which random weights "
+        "sample and real weights should not)")
+    assert probes.undecodable_codes(codes, 2048, 2051).endswith("which real weights should not sample)")
+    assert probes.undecodable_codes(codes.clamp(max=2047), 2048, 2051) is None
+
+
+@pytest.fixture
+def codebook_of_32(tiny_session, monkeypatch):
+    """The device's Mimi configured with half its 64 codes: the embedded model (audio vocab 64 =
+    Mimi's 64, so nothing it samples is out of range) then samples ids Mimi is said not to have,
+    as random CSM-1B weights do (2051 ids over Mimi's 2048), while the codec still decodes them."""
+    monkeypatch.setattr(tiny_session.target.model.codec_model.config, "codebook_size", 32)
+    return tiny_session
+
+
+def test_undecodable_codes_fail_generation_with_one_line(codebook_of_32):
+    session = codebook_of_32
+    case = session.catalogue.prompts[0]
+    with pytest.raises(probes.UndecodableCodesError) as err:
+        session.device_generation(case, 2, seed=0)
+    message = str(err.value)
+    assert "\n" not in message
+    assert re.fullmatch(r"short_en/generation: \d+ of 16 sampled codes are >= Mimi's codebook size 32 \(codebooks? [\d, ]+( and \d+ more)?; "
+                        r"ids? [\d, ]+( and \d+ more)?\): the codec cannot decode them \(CSM's audio vocab has 64 ids per codebook, Mimi's 32: "
+                        r"ids 32-63 are CSM's specials, which random weights sample and real weights should not\)", message), message
+    result = session.results[-1]
+    assert (result.check, result.status) == ("generation", "failed")
+    assert [(r.metric, r.ok) for r in result.rows] == [("codes_in_range", False)] and result.rows[0].value < 1.0
+
+
+def test_codes_in_range_is_judged_against_mimi_not_the_audio_vocab(codebook_of_32, monkeypatch, tmp_path):
+    """Id 40 is in CSM's audio vocab (64) but not in Mimi's codebook (32): out of range."""
+    session = codebook_of_32
+    monkeypatch.setattr(session, "settings", dataclasses.replace(session.settings, csm_output=str(tmp_path)))
+    case = session.catalogue.prompts[0]
+    codes = torch.zeros(case.generate_frames, 8, dtype=torch.long)
+    codes[0, 1] = 40
+    audio = torch.full((case.generate_frames * 1920,), 0.1)
+    result = checks.generation(session, case, codes, audio, codes.clone())
+    assert result.status == "failed"
+    assert result.messages == ["codes_in_range is 0.984375, must be == 1"]
+
+
+def test_inference_names_undecodable_codes_in_one_line(tmp_path, capsys, monkeypatch):
+    """`csm-conformance inference` decodes with the same check: one line, exit 1, no file."""
+    from csm_conformance.tools import inference as cli
+    from csm_conformance.tools import synthesis
+
+    load = synthesis.load
+
+    def load_with_codebook_of_32(*args, **kwargs):
+        loaded, device = load(*args, **kwargs)
+        monkeypatch.setattr(loaded.model.codec_model.config, "codebook_size", 32)
+        return loaded, device
+
+    monkeypatch.setattr(synthesis, "load", load_with_codebook_of_32)
+    wav = tmp_path / "x.wav"
+    code = cli.inference(["--text", "hi", "--output", str(wav), "--max-tokens", "2", "--seed", "0", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.match(r"inference\.py: error: generation failed: \d+ of \d+ sampled codes are >= Mimi's codebook size 32 \(", err), err
+    assert not wav.exists()
+
+
+def test_undecodable_codes_are_one_line_in_the_suite_run(run_suite, pytester, monkeypatch):
+    """As on `random-full`, where the seeded generation samples CSM's specials (ids 2048-2050) and
+    Mimi's lookup raised `IndexError: index out of range in self`: the real test fails on one line
+    counting them, once, with no exception chain under it."""
+    pytester.makepyfile(codebook_of_32='''
+        from csm_conformance.suite.session import ConformanceSession
+
+        load_models = ConformanceSession.load_models
+
+        def lowered(self):
+            load_models(self)
+            self.target.model.codec_model.config.codebook_size = 32  # the embedded model samples 0-63
+
+        ConformanceSession.load_models = lowered
+    ''')
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(pytester.path), os.environ.get("PYTHONPATH")])))
+    result = run_suite(pytester, "-p", "codebook_of_32", "--csm-case", "short_en", "-k", "seeded_generation")
+    text = result.stdout.str()
+    assert result.ret == 1, text[-3000:]
+    lines = [line for line in text.splitlines() if "sampled codes are >=" in line]
+    assert len(lines) == 1 and lines[0].startswith("short_en/generation: "), text[-3000:]
+    assert "the codec cannot decode them" in lines[0]
+    assert "IndexError" not in text and "exception" not in text.lower(), text[-3000:]
 
 
 @pytest.mark.parametrize("spec,message", [
