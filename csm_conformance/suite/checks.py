@@ -131,7 +131,8 @@ def reference_loop(csm, case, mode: str = "eager") -> DecodeRecord:
     try:
         return csm.cached(("decode_loop", case.id, frames, mode), lambda: reference_decode(csm.reference, case, frames, mode))
     except DecodeStoppedEarly as exc:
-        pytest.fail(str(exc), pytrace=False)
+        stopped = str(exc)
+    pytest.fail(stopped, pytrace=False)  # outside the except: one line, no exception chain
 
 
 def loop_check(mode: str) -> str:
@@ -147,12 +148,13 @@ def device_loop(csm, case, ref: DecodeRecord, mode: str) -> DecodeRecord:
     try:
         return forced_decode(csm.target, case, ref.codes, ref.frames, mode=mode, context_codec=csm.reference)
     except DeviceError as exc:
-        pytest.skip(f"{case.id} ({mode}): {exc}")
+        reason = str(exc)
     except Exception as exc:
         issue = known_issues.known_issue(mode, exc)
         if issue is None:
             raise
-        pytest.skip(f"{case.id} ({mode}): {issue.reason}")
+        reason = issue.reason
+    pytest.skip(f"{case.id} ({mode}): {reason}")
 
 
 def decode_loop(csm, case, ref: DecodeRecord, dev: DecodeRecord, mode: str = "eager") -> CheckResult:
