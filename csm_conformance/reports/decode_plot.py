@@ -3,7 +3,7 @@
 A loop's error that drifts along the steps (a cache, a position) is read faster off a curve than
 off a table of worst-step figures: this draws, for one case, the backbone's codebook-0 steps and
 the depth decoder's steps, each generation mode judged so far a line, with its worst-step bounds
-dashed where stored and the first step out of them marked. suite/checks.decode_loop writes it to
+dashed where stored and the first step out of them marked. suite/loop_checks.decode_loop writes it to
 <output>/decode/<case>.png and attaches it to the Allure report.
 """
 

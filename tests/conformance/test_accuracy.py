@@ -12,7 +12,7 @@ from csm_conformance.accuracy import metrics
 from csm_conformance.plugin import assert_gate
 from csm_conformance.reports import accuracy_report as reporting
 from csm_conformance.runtime import probes
-from csm_conformance.suite import checks
+from csm_conformance.suite import checks, loop_checks
 from csm_conformance.suite.session import NonFiniteOutputError
 
 pytestmark = pytest.mark.accuracy
@@ -43,17 +43,17 @@ def test_decode_loop(csm, loop_case, loop_mode):
     """The generation loop, eager and compiled (static cache + torch.compile, as the performance gate
     times it): the device's cached decode steps, forced through its own generate() along the
     reference's greedy codes, step by step against the reference's loop."""
-    ref = checks.reference_loop(csm, loop_case)
-    dev = checks.device_loop(csm, loop_case, ref, loop_mode)
-    assert_gate(checks.decode_loop(csm, loop_case, ref, dev, mode=loop_mode))
+    ref = loop_checks.reference_loop(csm, loop_case)
+    dev = loop_checks.device_loop(csm, loop_case, ref, loop_mode)
+    assert_gate(loop_checks.decode_loop(csm, loop_case, ref, dev, mode=loop_mode))
 
 
 def test_decode_cache_consistency(csm, loop_case):
     """The reference's cached loop against an uncached forward over the same prefix, on the reference
     itself: a cache-path error of the stack, which no device-vs-reference comparison can see."""
-    ref = checks.reference_loop(csm, loop_case)
+    ref = loop_checks.reference_loop(csm, loop_case)
     uncached = probes.teacher_forced_logits(csm.reference, loop_case, ref.codes)
-    assert_gate(checks.cache_consistency(csm, loop_case, ref, uncached))
+    assert_gate(loop_checks.cache_consistency(csm, loop_case, ref, uncached))
 
 
 def test_mimi_decode(csm, decode_case):
@@ -114,11 +114,11 @@ def test_reference_drift_prompt(csm, prompt_case):
 
 def test_reference_drift_loop(csm, loop_case):
     """Today's CPU reference decode loop against the golden one, step by step."""
-    now = checks.reference_loop(csm, loop_case)
+    now = loop_checks.reference_loop(csm, loop_case)
     if csm.settings.csm_save_golden:
-        assert_gate(checks.golden_loop(csm, loop_case, now))
+        assert_gate(loop_checks.golden_loop(csm, loop_case, now))
         return
-    assert_gate(checks.loop_drift(csm, loop_case, now))
+    assert_gate(loop_checks.loop_drift(csm, loop_case, now))
 
 
 def test_reference_drift_codec(csm, decode_case):

@@ -322,7 +322,8 @@ def test_undecodable_codes_are_one_line_in_the_suite_run(run_suite, pytester, mo
     result = run_suite(pytester, "-p", "codebook_of_32", "--csm-case", "short_en", "-k", "seeded_generation")
     text = result.stdout.str()
     assert result.ret == 1, text[-3000:]
-    lines = [line for line in text.splitlines() if "sampled codes are >=" in line]
+    # the failure's own line; pytest's short summary repeats it after "FAILED <test> - Failed:" (in full under CI=true)
+    lines = [line for line in text.splitlines() if "sampled codes are >=" in line and not line.startswith("FAILED ")]
     assert len(lines) == 1 and lines[0].startswith("short_en/generation: "), text[-3000:]
     assert "the codec cannot decode them" in lines[0]
     assert "IndexError" not in text and "exception" not in text.lower(), text[-3000:]
@@ -330,8 +331,8 @@ def test_undecodable_codes_are_one_line_in_the_suite_run(run_suite, pytester, mo
 
 @pytest.mark.parametrize("spec,message", [
     ("bogus", "unknown fault 'bogus': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, "
-              "slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame>, xversion:<rmsnorm|mimi>[:<relative>] "
-              "or decode_attn:<factor>"),
+              "slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame>, xversion:<rmsnorm|mimi>[:<relative>], "
+              "decode_attn:<factor>, cache_path:<relative> or compiled:<relative>"),
     ("sleep:fast", "fault sleep:fast: 'fast' is not a number"),
 ])
 def test_bad_fault_spec_is_the_standard_setup_line(run_suite, pytester, spec, message):

@@ -18,7 +18,7 @@ from csm_conformance import faults
 from csm_conformance.accuracy import decode, localize
 from csm_conformance.catalogue.cases import load_catalogue
 from csm_conformance.runtime import decode_loop, models, probes
-from csm_conformance.suite import checks
+from csm_conformance.suite import loop_checks
 from csm_conformance.suite.options import Settings
 from csm_conformance.suite.session import ConformanceSession
 
@@ -186,7 +186,7 @@ def test_compiled_check_localized_in_eager(tiny, short_en, faulty_loop, tmp_path
         return localize.localize("x", same, same, "bfloat16", "ref", "dev"), {}
 
     monkeypatch.setattr(localize, "localize_step", fake)
-    result = checks.decode_loop(csm, short_en, ref, dev, mode="compiled")
+    result = loop_checks.decode_loop(csm, short_en, ref, dev, mode="compiled")
     assert result.failed and asked, result.messages
     lead = re.match(r"short_en \(compiled\): step (\d+) of 6 is the first to leave its bound", result.messages[0])
     which = "first step out" if lead else "worst backbone step"  # (a whole-loop figure alone failed)

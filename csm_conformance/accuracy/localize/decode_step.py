@@ -1,5 +1,5 @@
 """One step of the decode loop localized: the first module that diverges at the step where the
-decode-loop check (runtime/decode_loop.py, suite/checks.decode_loop) first left its bound.
+decode-loop check (runtime/decode_loop.py, suite/loop_checks.decode_loop) first left its bound.
 
 The other localizations compare one uncached forward pass; a decode-loop failure is at step k of
 the model's own generate(), a cached step. Here both sides run that loop again, teacher-forced
@@ -20,7 +20,7 @@ What "step k" captures (the frame whose logits are the check's step k):
 
 Always eager: a forward hook inside a torch.compile graph is traced, not called, so what it would
 record there is not reliable; the compiled check is localized in eager and says so when eager
-agrees (suite/checks.py).
+agrees (suite/loop_checks.py).
 """
 
 from __future__ import annotations
