@@ -81,3 +81,21 @@ def run_suite(monkeypatch):
 def one_line_error():
     """Assert a run ended with a one-line error naming `needle`, no traceback (see _one_line_error)."""
     return _one_line_error
+
+
+# The embedded model (CPU float32) and the short_en case, for the decode-loop self-tests; one model per
+# module, since some tests plant faults in it.
+@pytest.fixture(scope="module")
+def tiny():
+    import torch
+
+    from csm_conformance.runtime import models
+
+    return models.ModelSource("tiny").load("cpu", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def short_en():
+    from csm_conformance.catalogue.cases import load_catalogue
+
+    return load_catalogue().select(["short_en"]).prompts[0]

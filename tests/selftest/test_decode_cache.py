@@ -10,23 +10,12 @@ from transformers import cache_utils
 
 from csm_conformance import faults
 from csm_conformance.accuracy import decode
-from csm_conformance.catalogue.cases import load_catalogue
 from csm_conformance.faults.spec import check_spec
-from csm_conformance.runtime import decode_loop, devices, models, probes
+from csm_conformance.runtime import decode_loop, devices, probes
 
 pytestmark = pytest.mark.selftest
 FRAMES = 6
 LIMIT = 5e-5  # pytest.ini's csm_cache_max_rel_error
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return models.ModelSource("tiny").load("cpu", torch.float32)
-
-
-@pytest.fixture(scope="module")
-def short_en():
-    return load_catalogue().select(["short_en"]).prompts[0]
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import torch
 
 from csm_conformance import faults
 from csm_conformance.accuracy import decode, localize
-from csm_conformance.catalogue.cases import load_catalogue
 from csm_conformance.runtime import decode_loop, models, probes
 from csm_conformance.suite import loop_checks
 from csm_conformance.suite.options import Settings
@@ -24,16 +23,6 @@ from csm_conformance.suite.session import ConformanceSession
 
 pytestmark = pytest.mark.selftest
 FRAMES = 6
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return models.ModelSource("tiny").load("cpu", torch.float32)
-
-
-@pytest.fixture(scope="module")
-def short_en():
-    return load_catalogue().select(["short_en"]).prompts[0]
 
 
 def test_forcing_the_reference_along_its_own_path_changes_nothing(tiny, short_en):
