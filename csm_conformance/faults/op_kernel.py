@@ -1,0 +1,65 @@
+"""A planted kernel fault: one aten operator returns its outputs x (1 + relative) for the calls in
+one dtype (and, optionally, one input shape), in this whole process, as a wrong kernel would.
+
+The device model runs in bfloat16 (or float16) and the CPU reference in float32, so a fault in the
+device dtype's kernel is the device's alone, also when the "device" is the CPU. It lives below the
+model, in the dispatcher (a TorchDispatchMode pushed for good), so the module-level localizer sees
+only the module it ran in, and the operator report (accuracy/ops) must name the operator.
+
+This module imports only torch: `environment()` copies its source into a sitecustomize.py, so a
+process started with that directory on PYTHONPATH (a standalone repro.py, a candidate stack's
+interpreter) runs the same fault from its first import of torch on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class KernelFault(TorchDispatchMode):
+    """Outputs of `name` (any overload, e.g. "silu", "scaled_dot_product_attention") x (1 + relative)
+    when its first tensor input has `dtype` and, if given, `shape`. `hits` counts the calls changed."""
+
+    def __init__(self, name: str, relative: float, dtype: torch.dtype, shape: tuple[int, ...] | None = None):
+        super().__init__()
+        self.name, self.relative, self.dtype, self.shape = name, relative, dtype, shape
+        self.hits = 0
+
+    def _applies(self, func, args) -> bool:
+        if func._schema.name.split("::")[-1] != self.name:
+            return False
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        return first is not None and first.dtype == self.dtype and (self.shape is None or tuple(first.shape) == self.shape)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not self._applies(func, args):
+            return out
+        self.hits += 1
+        scale = lambda t: t * (1.0 + self.relative) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+        return type(out)(scale(t) for t in out) if isinstance(out, (tuple, list)) else scale(out)
+
+
+def plant(name: str, relative: float, dtype: torch.dtype, shape: tuple[int, ...] | None = None) -> KernelFault:
+    """The fault, active in this thread from now on (the mode is entered and never left)."""
+    fault = KernelFault(name, relative, dtype, shape)
+    fault.__enter__()
+    return fault
+
+
+def environment(directory, name: str, relative: float, dtype: str = "bfloat16", shape: tuple[int, ...] | None = None):
+    """Write `directory`/sitecustomize.py: any Python started with `directory` on PYTHONPATH plants
+    this fault when it starts. Returns the file's path."""
+    import inspect
+    from pathlib import Path
+
+    source = inspect.getsource(KernelFault)
+    text = (f'"""A planted kernel fault (csm-conformance faults/op_kernel.py): aten {name} x (1 + {relative!r}) '
+            f'for {dtype} inputs{"" if shape is None else " of shape " + str(list(shape))}."""\n'
+            "import torch\nfrom torch.utils._python_dispatch import TorchDispatchMode\n\n\n"
+            f"{source}\n\n_FAULT = KernelFault({name!r}, {relative!r}, torch.{dtype}, {shape!r})\n_FAULT.__enter__()\n")
+    path = Path(directory) / "sitecustomize.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
