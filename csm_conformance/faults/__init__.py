@@ -35,6 +35,11 @@ Specs (`--csm-fault`, repeatable):
                                                 patched in transformers' cache classes: the reference's loop
                                                 carries it too, so only the reference's cache-consistency
                                                 check and the golden decode loop can see it
+  op:<aten op>[:<relative>][@<shape>]           that aten operator's kernel returns x (1 + relative) (default 0.02)
+                                                for inputs in the device model's dtype (and of that first-input
+                                                shape, AxBxC, if given): a wrong kernel below the model, planted
+                                                in the dispatcher (op_kernel.py); the module localizer sees only
+                                                its module, the operator report names it
   compiled:<relative>                           every graph the compiled mode compiles returns its floating
                                                 outputs x (1 + relative) (a compile backend wrapping the real
                                                 one): only the compiled decode-loop check can see it

@@ -18,6 +18,7 @@ from csm_conformance.faults.numeric import (
     _perturb_weight,
     _shift_attention_mask,
 )
+from csm_conformance.faults.op_kernel import plant as plant_kernel
 from csm_conformance.faults.per_frame import _at_frame, _hang_at, _per_frame_leak, _per_frame_sleep, _per_frame_slowdown, _raise_at, _transient_sleep
 
 
@@ -81,11 +82,40 @@ def _plan(spec: str) -> Callable[[torch.nn.Module], str]:
         if relative is None:
             raise FaultError(f"fault {spec}: give the relative error, e.g. {kind}:1e-3")
         return lambda model: (_cache_path if kind == "cache_path" else _compiled_only)(relative)
+    if kind == "op":
+        return _kernel(spec, rest)
     if kind in _PER_FRAME:
         return _PER_FRAME[kind](spec, rest)
     raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, "
                      "sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame>, "
-                     "xversion:<rmsnorm|mimi>[:<relative>], decode_attn:<factor>, cache_path:<relative> or compiled:<relative>")
+                     "xversion:<rmsnorm|mimi>[:<relative>], decode_attn:<factor>, cache_path:<relative>, compiled:<relative> "
+                     "or op:<aten op>[:<relative>][@<shape>]")
+
+
+def _kernel(spec: str, rest: str) -> Callable[[torch.nn.Module], str]:
+    """op:<aten op>[:<relative>][@<shape>]: that operator's kernel in the device model's dtype
+    returns x (1 + relative) (default 0.02), for every input shape or the one named (AxBxC)."""
+    body, _, shape_text = rest.partition("@")
+    name, _, relative_text = body.partition(":")
+    if not name or not name.replace("_", "").isalnum():
+        raise FaultError(f"fault {spec}: name an aten operator, e.g. op:silu:0.02 or op:scaled_dot_product_attention:0.05@1x4x21x16")
+    relative = _number(spec, relative_text) if relative_text else 0.02
+    try:
+        shape = tuple(int(n) for n in shape_text.split("x")) if shape_text else None
+    except ValueError:
+        raise FaultError(f"fault {spec}: the shape is the first input's, written AxBxC, e.g. @1x4x21x16") from None
+    if not hasattr(torch.ops.aten, name):
+        raise FaultError(f"fault {spec}: torch has no aten operator '{name}'")
+
+    def apply(model: torch.nn.Module) -> str:
+        dtype = next(model.parameters()).dtype
+        plant_kernel(name, relative, dtype, shape)
+        where = "" if shape is None else f" for input shape {'x'.join(map(str, shape))}"
+        same = " (float32: the CPU reference runs the same kernel, so both sides carry it)" if dtype == torch.float32 else ""
+        return (f"aten {name} x (1 + {relative:g}) for {str(dtype)[6:]} inputs{where}: a kernel fault in this process's dispatcher"
+                f" (faults/op_kernel.py){same}")
+
+    return apply
 
 
 def _planted(plant, note: str) -> Callable[[torch.nn.Module], str]:

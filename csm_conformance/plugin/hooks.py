@@ -68,6 +68,13 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = _settings(config)
         for spec in settings.csm_fault:  # a bad spec is this line now, not a pytest.exit once the model has loaded
             check_spec(spec)
+        if settings.csm_ops and "all" not in settings.csm_ops:
+            from csm_conformance.catalogue.cases import load_catalogue
+
+            known = load_catalogue(settings.csm_cases or None).ids()
+            unknown = [c for c in settings.csm_ops if c not in known]
+            if unknown:
+                raise OptionError(f"--csm-ops: no case {', '.join(unknown)} in the catalogue (cases: {', '.join(known)}, or all)")
         if _under_xdist(config) and (settings.csm_record_bounds or settings.csm_save_golden):
             raise OptionError("--csm-record-bounds and --csm-save-golden write one shared file per case: run them on one device, without -n")
         if worker:  # audio and this worker's own reports go to <output>/gwK; the controller writes the merged ones
@@ -131,6 +138,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         "decode_case": [c for c in catalogue.codec if c.kind == "decode"],
         "encode_case": [c for c in catalogue.codec if c.kind == "encode"],
         "perf_case": session.perf.cases,
+        "ops_case": _ops_cases(session),
     }
     for name, cases in params.items():
         if name in metafunc.fixturenames:
@@ -140,6 +148,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 metafunc.parametrize(name, [pytest.param(NOT_SELECTED, id="none")])
     if "loop_mode" in metafunc.fixturenames:  # after loop_case: test_decode_loop[short_en-compiled]
         metafunc.parametrize("loop_mode", session.settings.csm_decode_modes)
+
+
+def _ops_cases(session) -> list:
+    """The cases --csm-ops names ('all': every case of the run); none without it (the test is deselected)."""
+    wanted = session.settings.csm_ops
+    every = [*session.catalogue.prompts, *session.catalogue.codec]
+    return every if "all" in wanted else [c for c in every if c.id in wanted]
 
 
 def _gate_marker(item: pytest.Item) -> str | None:

@@ -8,8 +8,10 @@ import pytest
 
 from csm_conformance.plugin.state import RunState, _is_xdist_controller
 from csm_conformance.reports import accuracy_report as reporting
+from csm_conformance.reports import ops_report
 from csm_conformance.reports import performance_report as perf_reporting
 from csm_conformance.results import Status
+from csm_conformance.suite import op_checks
 
 
 def display(tr, conf, state: RunState, config: pytest.Config) -> None:
@@ -19,6 +21,8 @@ def display(tr, conf, state: RunState, config: pytest.Config) -> None:
     elif _is_xdist_controller(config) and state.parts:
         tr.write_line("csm-conformance: pytest-xdist workers: " + ", ".join(
             f"{p.label} ({p.meta['device']['name']})" for p in state.parts))
+    if op_checks.reported(conf):
+        _operators_summary(tr, conf)
     if conf.perf.results or state.perf_skipped:
         _performance_summary(tr, conf, state)
     for part in state.parts:
@@ -26,6 +30,18 @@ def display(tr, conf, state: RunState, config: pytest.Config) -> None:
             tr.write_line(f"ERROR: csm-conformance: {part.worker}: {part.setup_error}", red=True)
     for line in state.down:
         tr.write_line(f"csm-conformance: {line}", red=True)
+
+
+def _operators_summary(tr, conf) -> None:
+    """Each case whose operators were judged (a red check's case, or --csm-ops): its table."""
+    tr.section("csm-conformance operators")
+    for case, entry in op_checks.reported(conf).items():
+        if isinstance(entry, str):
+            tr.write_line(f"{case}: {entry}", yellow=True)
+            continue
+        for line in ops_report.table(entry, rows=5).splitlines():
+            tr.write_line(line, red=entry["past_standard"] > 0 and line.startswith("operators"))
+    tr.write_line(f"report: {op_checks.ops_dir(conf) / 'ops.json'} (tables: {op_checks.ops_dir(conf)}/<case>.txt)")
 
 
 def _performance_summary(tr, conf, state: RunState) -> None:

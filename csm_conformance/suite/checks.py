@@ -1,5 +1,5 @@
 """What happens around an accuracy check besides its specification: naming the first diverging
-module when it fails, attaching the evidence to the reports, judging the module-local errors and
+module (and, suite/op_checks.py, the first operator past its standard) when it fails, attaching the evidence to the reports, judging the module-local errors and
 the generation invariants, and saving or comparing the golden references.
 
 Why here and not in the test bodies (issue 12): a test body states only the specification (the
@@ -21,6 +21,7 @@ from csm_conformance.accuracy.check_results import CheckResult
 from csm_conformance.baseline_files import BaselineError
 from csm_conformance.reports import accuracy_report as reporting
 from csm_conformance.results import Status
+from csm_conformance.suite import op_checks
 
 # Localizations run so far, per session and case id: a case is localized once, whichever check asks first.
 _LOCALIZED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -59,7 +60,7 @@ def explained(csm, case, result: CheckResult) -> CheckResult:
                 result.messages.append(loc.summary())
             reporting.attach_json(f"{case.id} localize: per-module table", {**loc.as_dict(), "table": loc.table()})
             reporting.attach_png(f"{case.id} localize: 1 - cosine and rel err per module", png)
-    return attached(result)
+    return attached(op_checks.explained(csm, case, result))
 
 
 def attached(result: CheckResult) -> CheckResult:

@@ -19,6 +19,7 @@ from csm_conformance.reports import accuracy_report as reporting
 from csm_conformance.runtime import known_issues
 from csm_conformance.runtime.decode_loop import DecodeRecord, DecodeStoppedEarly, forced_decode, reference_decode
 from csm_conformance.runtime.devices import DeviceError
+from csm_conformance.suite import op_checks
 from csm_conformance.suite.checks import attached, drift, golden_or_skip, saved_golden
 from csm_conformance.suite.session import decode_frames
 
@@ -87,6 +88,7 @@ def decode_loop(csm, case, ref: DecodeRecord, dev: DecodeRecord, mode: str = "ea
         whole = ", ".join(r.metric for r in result.rows if r.ok is False)
         result.messages = (leads or [f"{case.id} ({mode}): every step inside its bound, but not the loop's {whole}"])[:1] + result.messages
         result.messages.insert(1, _localized_step(csm, case, ref, series, firsts, mode))
+        op_checks.explained(csm, case, result, at=2)  # the first operator past its standard, or none
     reporting.attach_json(f"{case.id} {check} ({mode}): per step", {k or "backbone": v.as_dict() for k, v in series.items()})
     _plot_modes(csm, case, mode, series, bounds, firsts, result.failed)
     return attached(result)

@@ -54,10 +54,13 @@ OPTIONS = [
            "the reference's cached decode logits against an uncached forward over the same prefix, float32 (worst step)", "float"),
     Option("--csm-fault", "CSM_FAULT", [], "plant a fault in the device model (self-tests): weight:<param>[:<scale>], rope, "
            "nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, "
-           "raise:<frame>, hang:<frame>, xversion:<rmsnorm|mimi>[:<relative>], decode_attn:<factor>, cache_path:<relative>, compiled:<relative>", "list"),
+           "raise:<frame>, hang:<frame>, xversion:<rmsnorm|mimi>[:<relative>], decode_attn:<factor>, cache_path:<relative>, compiled:<relative>, "
+           "op:<aten op>[:<relative>][@<shape>]", "list"),
     Option("--csm-decode-frames", "CSM_DECODE_FRAMES", 0, "frames of every prompt case's decode-loop check (0: each case's decode_frames)", "int"),
     Option("--csm-decode-modes", "CSM_DECODE_MODES", ["eager", "compiled"],
            "generation modes of the decode-loop check: eager and/or compiled (static cache + torch.compile, as timed)", "list"),
+    Option("--csm-ops", "CSM_OPS", [], "judge every aten operator these cases run on the device against its correctly rounded "
+           "standard (a gate: test_operator_conformance; 'all' for every case); a red logits or decode check runs it for its case anyway", "list"),
     Option("--csm-localize", "CSM_LOCALIZE", False, "localize the first diverging module for every prompt case, not only for failing ones", "bool"),
     Option("--csm-dump", "CSM_DUMP", "", "save per-module output dumps (device and reference) to this directory, for offline comparison between stacks"),
     # performance gate

@@ -12,7 +12,7 @@ from csm_conformance.accuracy import metrics
 from csm_conformance.plugin import assert_gate
 from csm_conformance.reports import accuracy_report as reporting
 from csm_conformance.runtime import probes
-from csm_conformance.suite import checks, loop_checks
+from csm_conformance.suite import checks, loop_checks, op_checks
 from csm_conformance.suite.session import NonFiniteOutputError
 
 pytestmark = pytest.mark.accuracy
@@ -63,6 +63,13 @@ def test_mimi_decode(csm, decode_case):
         or csm.evaluate(decode_case.id, "mimi_decode", metrics.waveform_metrics(ref, dev))
     reporting.attach_wav(f"{decode_case.id} device decode", dev.numpy())
     assert_gate(checks.explained(csm, decode_case, result))
+
+
+def test_operator_conformance(csm, ops_case):
+    """--csm-ops: every distinct aten operator call of the case on the device (the backbone's prefill
+    and a decode step, the depth decoder, the codec), replayed there, within its correctly rounded
+    standard computed on the CPU in float64; output/ops/ops.json and a repro per operator past it."""
+    assert_gate(checks.attached(op_checks.operator_conformance(csm, ops_case)))
 
 
 def test_module_local_error(csm, prompt_case):

@@ -120,10 +120,13 @@ def reduction_length(op: str, args: tuple, kwargs: dict) -> int:
     """K: how many terms one output element sums (1 for elementwise ops)."""
     name = op.split(".")[1]
     shape = lambda i: list(args[i].shape) if len(args) > i and isinstance(args[i], torch.Tensor) else []  # noqa: E731
-    if name in ("mm", "bmm", "matmul", "linear", "_weight_int8pack_mm"):
+    if name in ("mm", "bmm", "matmul", "linear", "_weight_int8pack_mm", "mv", "dot", "vdot", "_cdist_forward", "cdist"):
         return shape(0)[-1] if shape(0) else 1
     if name in ("addmm", "baddbmm", "addbmm", "addmv"):
         return shape(1)[-1] if shape(1) else 1
+    if name in ("convolution", "_convolution") and len(args) > 6 and args[6] is True:  # transposed
+        weight = shape(1)  # [in, out / groups, *kernel]
+        return max(1, weight[0] * math.prod(weight[2:])) if weight else 1
     if name in ("convolution", "_convolution", "conv1d", "conv2d", "mkldnn_convolution", "_slow_conv2d_forward"):
         weight = shape(1)  # [out, in / groups, *kernel]
         return max(1, math.prod(weight[1:])) if weight else 1
@@ -137,15 +140,22 @@ def reduction_length(op: str, args: tuple, kwargs: dict) -> int:
         dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
         dims = dim if isinstance(dim, (list, tuple)) else [dim]
         return max(1, math.prod(shape(0)[d] for d in dims)) if shape(0) else 1
-    if name in ("native_layer_norm", "layer_norm"):
-        return max(1, math.prod(args[1])) if len(args) > 1 else 1
+    if name in ("native_layer_norm", "layer_norm", "rms_norm", "_fused_rms_norm"):
+        return max(1, math.prod(args[1])) if len(args) > 1 and isinstance(args[1], (list, tuple)) else 1
+    if name in ("native_group_norm",):  # (input, weight, bias, N, C, HxW, group, eps)
+        return max(1, (args[4] // max(args[6], 1)) * args[5]) if len(args) > 6 else 1
+    if name in ("group_norm",):  # (input, num_groups, ...)
+        full = shape(0)
+        return max(1, math.prod(full[1:]) // max(args[1], 1)) if len(full) > 1 and len(args) > 1 else 1
     if name in ("sum", "mean", "var", "std", "norm", "linalg_vector_norm", "var_mean", "std_mean", "prod", "nansum"):
         full = shape(0)
-        dims = next((a for a in list(args[1:]) + [kwargs.get("dim")] if isinstance(a, (list, tuple)) or (isinstance(a, int) and not isinstance(a, bool))), None)
-        if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+        at = 2 if name in ("norm", "linalg_vector_norm") else 1  # norms: (input, ord, dim, ...); the others: (input, dim, ...)
+        dims = args[at] if len(args) > at else kwargs.get("dim")
+        if isinstance(dims, int) and not isinstance(dims, bool):
+            dims = [dims]
+        if not isinstance(dims, (list, tuple)) or len(dims) == 0 or not full:
             return max(1, math.prod(full)) if full else 1
-        dims = dims if isinstance(dims, (list, tuple)) else [dims]
-        return max(1, math.prod(full[d] for d in dims)) if full else 1
+        return max(1, math.prod(full[d] for d in dims))
     return 1
 
 
@@ -173,8 +183,9 @@ CPU_EQUIVALENTS = {
 
 
 def _widened(value, dtype: torch.dtype):
+    """Copies (an in-place op must not write into the recorded inputs), floating ones in `dtype`."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", dtype) if value.is_floating_point() else value.detach().cpu()
+        return value.detach().to("cpu", dtype, copy=True) if value.is_floating_point() else value.detach().to("cpu", copy=True)
     if isinstance(value, torch.dtype) and value.is_floating_point:
         return dtype
     if isinstance(value, torch.device):
