@@ -86,6 +86,11 @@ def main(argv=None) -> int:
     except Exception as exc:
         print(f"repro.py: cannot read inputs.safetensors: {one_line(exc)}", file=sys.stderr)
         return 2
+    for name, stride in CALL["strides"].items():  # the recorded layout back (a kernel may take another path for it)
+        try:
+            tensors[name] = torch.empty_strided(tensors[name].shape, stride, dtype=tensors[name].dtype).copy_(tensors[name])
+        except RuntimeError:  # overlapping (expanded) strides cannot be written: the values stay contiguous
+            pass
     op, arguments = CALL["op"], CALL["arguments"]
     cpu_args, cpu_kwargs = decode(arguments["args"], tensors, "cpu"), decode(arguments["kwargs"], tensors, "cpu")
     shapes = ", ".join("x".join(map(str, shape)) or "scalar" for shape in CALL["shapes"])
@@ -136,7 +141,7 @@ def write_bundle(directory: Path, call: OpCall, device: str, result: dict, *, ca
     finite = {k: v if not isinstance(v, float) or math.isfinite(v) else repr(v) for k, v in result.items()}
     record = {"op": call.op, "module": call.module, "phase": call.phase, "calls": call.calls, "shapes": call.shapes, "dtypes": call.dtypes,
               "case": case, "model": model, "device": device, "stack": stack(device), "suite_result": finite, "arguments": arguments,
-              "strides_not_kept": strides}
+              "strides": strides}
     text = "{\n" + ",\n".join(f" {json.dumps(key)}: {json.dumps(value)}" for key, value in record.items()) + "\n}"  # a key a line
     clean = lambda s: str(s).replace("\\", "/").replace('"""', "'''")  # noqa: E731 - nothing may end the docstring
     doc = _DOC.format(op=call.op, device=device, module=clean(call.module or "(top level)"), phase=call.phase, calls=call.calls,
@@ -144,8 +149,8 @@ def write_bundle(directory: Path, call: OpCall, device: str, result: dict, *, ca
                       shapes=", ".join("x".join(map(str, s)) or "scalar" for s in call.shapes), dtypes=", ".join(call.dtypes),
                       excess=f"{float(result.get('excess', 0.0)):.3g}")
     source = re.sub(r"^from __future__ import annotations\n", "", inspect.getsource(standard), count=1, flags=re.M)
-    note = (f"# Inputs {', '.join(f'{n} (strides {s})' for n, s in strides.items())} were not contiguous on the device; they are "
-            "saved contiguous: their strides are not kept (call.json lists them).\n") if strides else ""
+    note = (f"# Inputs {', '.join(f'{n} (strides {s})' for n, s in strides.items())} were not contiguous on the device: saved "
+            "contiguous, main() lays them out with those strides again (CALL['strides']).\n") if strides else ""
     script = (f"{doc}\n# ---- csm_conformance/accuracy/ops/standard.py ----\n\n{source}\n\n# ---- the recorded call ----\n\n{note}"
               f'CALL = json.loads(r"""{text}""")\n\n\n{inspect.getsource(stack)}{_MAIN}')
     directory.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,19 @@ CATALOGUE: tuple[Entry, ...] = (
     Entry("compiled", ("compiled:1e-2",), "accuracy", ACCURACY_ARGS, "decode_loop_compiled: short_en (compiled): step",
           "every compiled graph's outputs 1 % off (a compile backend wrapping the real one): eager and every one-pass "
           "check stay green, the compiled decode loop fails", alone=("test_decode_loop[short_en-compiled]",)),
+    Entry("op_silu", ("op:silu:0.02",), "accuracy", (*ACCURACY_ARGS, "--csm-decode-modes", "eager"),
+          "first operator past its standard: aten.silu.default",
+          "the bfloat16 kernel of one aten operator (silu, the MLPs' activation) 2 % off, below the model: the module "
+          "localizer names a module (backbone_model.layers.0.mlp), the operator report the operator"),
+    Entry("op_attention_one_shape", ("op:scaled_dot_product_attention:0.05@1x4x21x16",), "accuracy",
+          (*ACCURACY_ARGS, "--csm-decode-modes", "eager"),
+          "first operator past its standard: aten.scaled_dot_product_attention.default at backbone_model.layers.",
+          "the attention kernel 5 % off for one input shape only (the backbone's prefill of short_en), as a kernel "
+          "picked by shape would be"),
+    Entry("op_codec_layer_norm", ("op:layer_norm:0.02",), "accuracy", ("-m", "accuracy", "--csm-case", "decode_2s", "--csm-ops", "decode_2s"),
+          "first operator past its standard: aten.layer_norm.default at codec_model",
+          "Mimi's layer-norm kernel 2 % off: every end-to-end codec check stays green, the operator gate (--csm-ops) "
+          "names it", alone=("test_operator_conformance[",)),
     Entry("nan", (f"nan:{LAYER}",), "accuracy", ACCURACY_ARGS, "backbone_logits: device has non-finite",
           "a NaN in one activation"),
     Entry("raise", ("raise:2",), "accuracy", GENERATION_ONLY, "PlantedFaultError",
