@@ -72,6 +72,11 @@ VERBS = [
       baselines/ against its copy at origin/main; exit 0 nothing loosened or all acknowledged, 1 not acknowledged
   csm-conformance baselines-diff --baselines DIR --base-baselines OLD_DIR --output output/baselines-diff
       two directories; writes baselines-diff.md and baselines-diff.json (docs/verdict.md)"""),
+    Verb("ops", "csm_conformance.tools.ops_cli", "judge every aten operator a case runs on the device against its correctly rounded standard", """\
+  csm-conformance ops --case short_en --device npu:0
+      output/ops/ops.json: each distinct operator call, worst first; exit 0 none past its standard, 1 one is, 2 bad input
+  csm-conformance ops --case all --model /data/csm-1b --dtype float16 --output output/ops --repro all
+      every case; a repro bundle (repro.py) for the first operators of each, past their standard or not"""),
     Verb("inference", "csm_conformance.tools.inference", "speak a text with CSM into a WAV file (the seed's inference.py)", """\
   csm-conformance inference --text "Hello from CSM." --output output.wav --device cpu --seed 0
       the embedded tiny model: never a real-weight result (docs/seed-commands.md)

@@ -174,5 +174,6 @@ def test_tox_has_the_envs_and_outputs_the_workflows_use():
         assert needle in gate, needle
     verdict = " ".join(tox.get("testenv:verdict", "commands").split())
     assert "python -m csm_conformance verdict --before" in verdict
-    for needle in ("output/{env:CSM_VERDICT_BEFORE:current}", "output/{env:CSM_VERDICT_AFTER:candidate}", "--output {toxinidir}/output/verdict"):
+    for needle in ("output/{env:CSM_VERDICT_BEFORE:current}", "output/{env:CSM_VERDICT_AFTER:candidate}", "--output {toxinidir}/output/verdict",
+                   "--before-python {toxworkdir}/{env:CSM_VERDICT_BEFORE:current}/bin/python"):
         assert needle in verdict, needle

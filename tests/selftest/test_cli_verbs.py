@@ -32,7 +32,7 @@ def test_the_help_lists_every_verb_with_its_line(tmp_path):
     for verb in cli.VERBS:
         assert f"{verb.name} {verb.summary}" in listed, verb.name
     assert {v.name for v in cli.VERBS} >= {"ab", "verdict", "promote", "first-run", "stack-range", "localize", "fault-catalogue",
-                                           "ab-planted", "baselines-diff"}
+                                           "ab-planted", "baselines-diff", "inference", "ops"}
 
 
 @pytest.mark.parametrize("form", ["console script", "python -m"])

@@ -79,7 +79,7 @@ def test_a_stray_value_is_still_an_error(tmp_path):
     assert run.returncode == 4 and "expected one argument" in run.stderr, run.stderr[-2000:]
 
 
-VERBS = ["ab", "ab-planted", "verdict", "localize", "fault-catalogue", "promote", "first-run", "stack-range", "baselines-diff", "inference"]
+VERBS = ["ab", "ab-planted", "verdict", "localize", "fault-catalogue", "promote", "first-run", "stack-range", "baselines-diff", "inference", "ops"]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("csm-conformance")  # installed beside the interpreter by `pip install -e .`
 
 

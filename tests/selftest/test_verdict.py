@@ -4,6 +4,7 @@ names what is missing; bad input is one line. The last test feeds it two real ru
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -492,3 +493,139 @@ def test_a_compiled_loop_that_raised_on_the_candidate_is_regressed_from_its_juni
     assert ("compiled generation loop wrong on candidate: short_en (the test raised, no accuracy result (see junit.xml)); "
             "its compiled timing (SAFE/faster) is not to be trusted") in report["reasons"], report["reasons"]
     assert "compiled timing short_32t-b1-compiled reads ok on candidate: not to be trusted" in " ".join(report["notes"])
+
+
+# ---- the operators whose error grew (accuracy/ops, tools/verdict/operators.py) ---------------------
+SILU = ("aten.silu.default", "backbone_model.layers.0.mlp.act_fn", "prefill", ((1, 21, 128),), ("bfloat16",))
+MM = ("aten.mm.default", "backbone_model.layers.0.mlp.down_proj", "prefill", ((21, 128), (128, 64)), ("bfloat16", "bfloat16"))
+ADD = ("aten.add.Tensor", "backbone_model.layers.0", "decode", ((1, 1, 64), (1, 1, 64)), ("bfloat16", "bfloat16"))
+
+
+def ops_doc(excess: dict[tuple, float], repros: dict[tuple, str] | None = None, case: str = "short_en") -> dict:
+    """An operator report (ops-1) of one case, its rows sorted by excess, as the gate writes it."""
+    rows = [{"rank": rank, "op": op, "module": module, "phase": phase, "shapes": [list(s) for s in shapes], "dtypes": list(dtypes), "calls": 1,
+             "excess": x, "past_standard": x > 1, "repro": (repros or {}).get((op, module, phase, shapes, dtypes))}
+            for rank, ((op, module, phase, shapes, dtypes), x) in enumerate(sorted(excess.items(), key=lambda kv: -kv[1]), 1)]
+    entry = {"case": case, "trigger": f"red check: {case}/backbone_logits", "device": "cpu", "recorded_calls": 3000,
+             "distinct_calls": len(rows), "judged": len(rows), "unjudged": {}, "past_standard": sum(r["past_standard"] for r in rows),
+             "record_seconds": 1.0, "judge_seconds": 1.0, "operators": rows}
+    from csm_conformance.reports import ops_report
+
+    return ops_report.document({"model": MODEL, "device": DEVICE, "dtype": "bfloat16", "versions": {"torch": "2.13.0"}}, [entry])
+
+
+def with_ops(path: Path, doc: dict | None) -> Path:
+    if doc is not None:
+        (path / "ops").mkdir()
+        (path / "ops" / "ops.json").write_text(json.dumps(doc))
+    return path
+
+
+def red_on_candidate(tmp_path: Path, before_ops: dict | None, after_ops: dict | None, *extra: str) -> tuple[int, dict, str, str]:
+    """short_en/backbone_logits passed on the current stack and red on the candidate, each side with its ops.json."""
+    before = with_ops(write_side(tmp_path / "current", accuracy_doc("5.24.0"), perf_doc("5.24.0"), dict.fromkeys(TESTS, "passed")), before_ops)
+    after = with_ops(write_side(tmp_path / "candidate", accuracy_doc("5.25.0", 0.998, "failed"), perf_doc("5.25.0"),
+                                {TESTS[0]: "failed", TESTS[1]: "passed"}), after_ops)
+    code = verdict.main(["--before", str(before), "--after", str(after), "--output", str(tmp_path / "v"), *extra])
+    return code, json.loads((tmp_path / "v" / "verdict.json").read_text()), (tmp_path / "v" / "verdict.md").read_text(), str(after)
+
+
+SILU_GREW = ("operators whose error grew (short_en): aten.silu.default at backbone_model.layers.0.mlp.act_fn (prefill; 1x21x128; bfloat16): "
+             "x0.31 -> x2.76 its standard; aten.add.Tensor at backbone_model.layers.0 (decode; 1x1x64, 1x1x64; bfloat16): "
+             "x0.20 -> x0.90 its standard; repro: {after}/ops/1-silu/repro.py")
+
+
+def test_the_operators_whose_error_grew_are_named_under_the_top_line(tmp_path, capsys):
+    """silu past its standard only on the candidate, add's excess more than doubled (above 0.5), mm
+    about the same: the first lines of verdict.md name silu then add, and so does Why, right under
+    the red accuracy check; verdict.json has the rows."""
+    before = ops_doc({SILU: 0.31, MM: 0.5, ADD: 0.2})
+    after = ops_doc({SILU: 2.76, MM: 0.55, ADD: 0.9}, {SILU: "1-silu/repro.py"})
+    code, report, markdown, after_dir = red_on_candidate(tmp_path, before, after)
+    assert (code, report["verdict"]) == (1, "REGRESSED")
+    line = SILU_GREW.format(after=after_dir)
+    lines = markdown.splitlines()
+    assert lines[2] == f"- {line}", lines[:4]
+    why = lines.index("## Why")
+    accuracy = next(i for i, x in enumerate(lines) if x.startswith("- accuracy short_en/backbone_logits outside its bound"))
+    assert why < accuracy and lines[accuracy + 1] == f"  - {line}", lines[why:why + 6]
+    grew = report["operators_grew"]["short_en"]
+    assert [(r["op"], r["before_excess"], r["after_excess"]) for r in grew] == [("aten.silu.default", 0.31, 2.76), ("aten.add.Tensor", 0.2, 0.9)]
+    assert report["operators_lines"] == {"short_en": line}
+    assert f"csm-conformance verdict: {line}" in capsys.readouterr().out
+
+
+def test_when_no_operator_grew_the_verdict_says_the_error_is_not_one_kernels(tmp_path, capsys):
+    same = ops_doc({SILU: 0.31, MM: 0.5, ADD: 0.2})
+    code, report, markdown, _ = red_on_candidate(tmp_path, same, ops_doc({SILU: 0.35, MM: 0.6, ADD: 0.3}))
+    assert (code, report["operators_grew"]) == (1, {"short_en": []})
+    assert markdown.splitlines()[2] == (
+        "- operators whose error grew (short_en): none of 3 distinct calls, current against candidate (the error is not one kernel's); "
+        "closest on candidate: aten.mm.default at backbone_model.layers.0.mlp.down_proj (prefill; 21x128, 128x64; bfloat16), x0.60 its standard")
+
+
+def fake_python(path: Path, doc: dict | None, code: int = 0) -> Path:
+    """An interpreter for --before-python: writes `doc` as the ops.json of --output (and its argv beside it)."""
+    path.write_text(f"#!{sys.executable}\nimport json, sys\nfrom pathlib import Path\n"
+                    "out = Path(next(a.split('=', 1)[1] for a in sys.argv if a.startswith('--output=')))\n"
+                    "out.mkdir(parents=True, exist_ok=True)\n(out / 'argv.json').write_text(json.dumps(sys.argv[1:]))\n"
+                    f"doc = {json.dumps(doc)!r}\nif doc != 'null':\n    (out / 'ops.json').write_text(doc)\n"
+                    f"print('csm-conformance ops: error: device gone', file=sys.stderr) if {code} else None\nsys.exit({code})\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_current_stacks_operators_are_recorded_with_before_python(tmp_path, capsys):
+    """The current run wrote no ops.json (its check passed): --before-python runs the ops verb on the
+    candidate's model, device and dtype, into the verdict's ops-before, and the list is the same."""
+    python = fake_python(tmp_path / "python", ops_doc({SILU: 0.31, MM: 0.5, ADD: 0.2}))
+    after = ops_doc({SILU: 2.76, MM: 0.55, ADD: 0.9}, {SILU: "1-silu/repro.py"})
+    code, report, markdown, after_dir = red_on_candidate(tmp_path, None, after, "--before-python", str(python))
+    assert code == 1 and markdown.splitlines()[2] == f"- {SILU_GREW.format(after=after_dir)}", markdown.splitlines()[:4]
+    argv = json.loads((tmp_path / "v" / "ops-before" / "argv.json").read_text())
+    assert argv == ["-m", "csm_conformance", "ops", "--case=short_en", "--model=tiny", "--device=cpu", "--dtype=bfloat16",
+                    f"--output={tmp_path / 'v' / 'ops-before'}", "--repro=none", "--trigger=verdict: the current stack, for short_en"]
+
+
+@pytest.mark.parametrize("given, needle", [
+    (None, "not compared: no operator report on current; --before-python records one"),
+    ("fails", "not compared: current's operators could not be recorded: `{python} -m csm_conformance ops` exited 2: "
+              "csm-conformance ops: error: device gone"),
+    ("absent", "not compared: current's operators could not be recorded: `{python} -m csm_conformance ops` could not start"),
+])
+def test_without_the_current_stacks_operators_the_candidates_past_ones_are_listed_and_said_so(tmp_path, capsys, given, needle):
+    python = tmp_path / "python"
+    if given == "fails":
+        fake_python(python, None, 2)
+    extra = ["--before-python", str(python)] if given else []
+    code, report, markdown, after_dir = red_on_candidate(tmp_path, None, ops_doc({SILU: 2.76, MM: 0.55}, {SILU: "1-silu/repro.py"}), *extra)
+    assert (code, report["verdict"], report["operators_grew"]) == (1, "REGRESSED", {"short_en": None})
+    line = markdown.splitlines()[2]
+    assert line.startswith(f"- operators past their standard on candidate (short_en; {needle.format(python=python)}"), line
+    assert line.endswith(f"): aten.silu.default at backbone_model.layers.0.mlp.act_fn (prefill; 1x21x128; bfloat16): x2.76 its standard; "
+                         f"repro: {after_dir}/ops/1-silu/repro.py"), line
+
+
+def test_the_real_interpreter_records_the_current_stacks_operators(tmp_path, capsys):
+    """--before-python with this interpreter: the ops verb really runs on the embedded model, and the
+    candidate's silu (2.76 x its standard) is compared with this stack's own measurement of it."""
+    after = ops_doc({SILU: 2.76, MM: 0.55})
+    code, report, markdown, _ = red_on_candidate(tmp_path, None, after, "--before-python", sys.executable)
+    grew = report["operators_grew"]["short_en"]
+    assert code == 1 and grew is not None and grew[0]["op"] == "aten.silu.default", markdown.splitlines()[:4]
+    assert isinstance(grew[0]["before_excess"], float) and grew[0]["before_excess"] < 1.0  # measured: a clean silu
+    recorded = json.loads((tmp_path / "v" / "ops-before" / "ops.json").read_text())
+    assert [c["trigger"] for c in recorded["cases"]] == ["verdict: the current stack, for short_en"]
+
+
+@pytest.mark.parametrize("side", ["current", "candidate"])
+@pytest.mark.parametrize("text, needle", [("{not json", "ops.json: not JSON"),
+                                          (json.dumps({**ops_doc({SILU: 1.0}), "cases": [{"case": "x"}]}), "ops.json: not a csm-conformance/ops/1 report")])
+def test_a_damaged_ops_json_is_a_one_line_error(tmp_path, capsys, side, text, needle):
+    before = write_side(tmp_path / "current", accuracy_doc("5.24.0"), perf_doc("5.24.0"), dict.fromkeys(TESTS, "passed"))
+    after = write_side(tmp_path / "candidate", accuracy_doc("5.25.0"), perf_doc("5.25.0"), dict.fromkeys(TESTS, "passed"))
+    (tmp_path / side / "ops").mkdir()
+    (tmp_path / side / "ops" / "ops.json").write_text(text)
+    assert verdict.main(["--before", str(before), "--after", str(after), "--output", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and str(tmp_path / side) in err, err

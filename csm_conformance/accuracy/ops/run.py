@@ -94,6 +94,8 @@ def judge_call(call: OpCall, device: str) -> tuple[dict | None, str]:
     except Exception as exc:  # noqa: BLE001 - a call the standard cannot judge is listed, not raised
         return None, f"no standard: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     row["standard_source"] = f"correctly rounded from {source}"
+    if math.isnan(row["excess"]):  # sorted and reported as past everything, never as a blank
+        row["excess"] = math.inf
     return row, ""
 
 

@@ -28,12 +28,23 @@ runtime/stack.py; else the A/B report's), and, given `--base-baselines DIR`, lis
 golden reference or baseline loosened against the base (tools/baselines_diff.py): unacknowledged,
 that makes the verdict INCONCLUSIVE.
 
-Usage: python -m csm_conformance verdict --before DIR --after DIR [--ab DIR] [--base-baselines DIR] [--output DIR]
+For every case with a device check red only on the candidate, the verdict lists the operators whose
+error grew between the stacks (operators.py), right under the top line and under that check in Why:
+each stack's `<run>/ops/ops.json` (the operator report, accuracy/ops: every distinct aten call judged
+against its correctly rounded standard), matched call by call. The candidate's gate writes its own
+for the red check; for the current stack, whose check passed, `--before-python PY` runs `PY -m
+csm_conformance ops` on the candidate's model, device and dtype (into `<output>/ops-before`; a
+failure there is said in the line, never a crash). verdict.json: `operators_grew` ({case: rows, or
+null when not compared}) and `operators_lines`. The list informs; it does not change the verdict. A
+damaged ops.json is bad input, as any damaged report.
+
+Usage: python -m csm_conformance verdict --before DIR --after DIR [--ab DIR] [--base-baselines DIR] [--before-python PY] [--output DIR]
 Exit codes: 0 SAFE, 1 REGRESSED, 3 INCONCLUSIVE, 2 bad input (one line on stderr).
 
 The package, one module per job: evidence (reading and checking the run directories and the A/B
-report), judge (the decision), render (verdict.md, verdict.json), cli (the command line). Everything
-callers used from the former single module is re-exported here.
+report), judge (the decision), operators (the operators whose error grew), render (verdict.md,
+verdict.json), cli (the command line). Everything callers used from the former single module is
+re-exported here.
 """
 
 from __future__ import annotations

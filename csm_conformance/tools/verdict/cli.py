@@ -17,6 +17,7 @@ from pathlib import Path
 from csm_conformance.tools import baselines_diff
 from csm_conformance.tools.verdict.evidence import NO_AB, VerdictError, read_ab, read_side
 from csm_conformance.tools.verdict.judge import decide
+from csm_conformance.tools.verdict.operators import compare as compare_operators
 from csm_conformance.tools.verdict.render import to_json, to_markdown
 
 EXIT = {"SAFE": 0, "REGRESSED": 1, "INCONCLUSIVE": 3}
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the base's baselines directory: list what --baselines loosened against it (docs/verdict.md)")
     parser.add_argument("--baselines", default="baselines", help="the baselines directory the gate runs used (default baselines/)")
     parser.add_argument("--allow-loosened", action="store_true", help="acknowledge loosened baselines (the label baselines-loosened)")
+    parser.add_argument("--before-python", default=None, metavar="PY",
+                        help="the current stack's interpreter: records its operator report for a case red only on the candidate "
+                             "when the current run wrote none (docs/verdict.md)")
     args = parser.parse_args(argv)
     try:
         before = read_side(args.before_label or Path(args.before).name, Path(args.before))
@@ -46,9 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     verdict = decide(before, after, ab, loosened)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    verdict.operators = compare_operators(verdict.accuracy, before, after, out, args.before_python)
     (out / "verdict.md").write_text(to_markdown(verdict))
     (out / "verdict.json").write_text(json.dumps(to_json(verdict), indent=2) + "\n")
     print(f"csm-conformance verdict: {verdict.headline}")
+    for found in verdict.operators:
+        print(f"csm-conformance verdict: {found.line}")
     print(f"report: {out / 'verdict.md'}")
     print(f"report: {out / 'verdict.json'}")
     return EXIT[verdict.status]

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csm_conformance.errors import UserError
+from csm_conformance.reports import ops_report
 from csm_conformance.reports import schema as report_schema
 
 ACCURACY_FILE = "accuracy_evaluation.json"
 PERFORMANCE_FILE = "performance_benchmark.json"
 JUNIT_FILE = "junit.xml"
 STATUS_FILE = "run_status.json"
+OPS_FILE = "ops/ops.json"  # the operator report, written by the gate for a red logits or decode-loop check (accuracy/ops)
 
 
 class VerdictError(UserError, ValueError):
@@ -35,6 +37,7 @@ class Side:
     performance: dict | None = None
     status: dict | None = None
     tests: dict[str, str] | None = None  # junit: test id -> passed | failed | error | skipped
+    ops: dict | None = None  # ops/ops.json (schema ops-1), when the run wrote one
 
     @property
     def meta(self) -> dict:
@@ -94,12 +97,22 @@ def _read_junit(path: Path) -> dict[str, str] | None:
     return tests
 
 
+def read_ops(path: Path) -> dict | None:
+    """An operator report (ops-1), checked; None when there is none; a damaged one is a VerdictError."""
+    try:
+        return ops_report.read(path)
+    except report_schema.ReportSchemaError as exc:
+        raise VerdictError(str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VerdictError(f"{path} is not readable ({exc.__class__.__name__}: {exc})") from None
+
+
 def read_side(label: str, path: Path) -> Side:
     path = Path(path)
     if not path.is_dir():
         raise VerdictError(f"{label}: {path} is not a directory (run the gate for that stack first)")
     side = Side(label, path, _read_json(path / ACCURACY_FILE), _read_json(path / PERFORMANCE_FILE),
-                 _read_json(path / STATUS_FILE), _read_junit(path / JUNIT_FILE))
+                 _read_json(path / STATUS_FILE), _read_junit(path / JUNIT_FILE), read_ops(path / OPS_FILE))
     if side.performance is not None and not isinstance(side.performance.get("csm"), dict):
         raise VerdictError(f"{path / PERFORMANCE_FILE} has no 'csm' block: not written by csm-conformance")
     try:  # the written schemas (csm_conformance/reports/schemas/): a damaged or foreign report is one line, not a KeyError

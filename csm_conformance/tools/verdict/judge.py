@@ -74,6 +74,7 @@ class Verdict:
     stack_note: str = ""  # one line: what kind of change the stack diff is
     baselines: object | None = None  # tools.baselines_diff.Result, when --base-baselines was given
     compiled_caveat: str | None = None  # set beside every compiled timing that reads SAFE/faster: the compiled loop is red or unchecked
+    operators: list = field(default_factory=list)  # operators.CaseOperators per case red only on the candidate (set by the cli)
 
     def caveat(self, mode: str | None, reads_well: bool) -> str:
         """' (caveat)' for a timing line of `mode` that reads SAFE/ok/faster, else ''."""

@@ -7,6 +7,7 @@ comparison's own tables are reused (ab.report) rather than drawn a second time.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 
 from csm_conformance.accuracy.metrics import better
 from csm_conformance.performance.baselines import GATED
@@ -30,9 +31,27 @@ def _metric_cell(row: AccuracyRow, metric: str | None) -> tuple[str, str, str, s
     return metric, _fmt(b.get("value")), _fmt(a.get("value")), f"{op} {_fmt(a.get('bound'))}" if a.get("bound") is not None else "no bound"
 
 
+def _about(reason: str, case: str) -> bool:
+    """Whether `reason` is the red accuracy check (or the compiled loop's) of `case`."""
+    return reason.startswith(("accuracy ", "compiled generation loop wrong")) and re.search(rf"(?<![\w-]){re.escape(case)}(?![\w-])", reason) is not None
+
+
+def _why(v: Verdict, why: list[str]) -> list[str]:
+    """The reasons, each case's operator line right under its red accuracy check."""
+    lines, said = [], set()
+    for reason in why:
+        lines.append(f"- {reason}")
+        for found in v.operators:
+            if found.case not in said and _about(reason, found.case):
+                lines.append(f"  - {found.line}")
+                said.add(found.case)
+    return lines + [f"- {found.line}" for found in v.operators if found.case not in said]
+
+
 def to_markdown(v: Verdict) -> str:
     b, a = v.before, v.after
-    lines = [f"# Upgrade verdict: {v.headline}", "", "## What changed in the stack", "", v.stack_note, ""]
+    lines = [f"# Upgrade verdict: {v.headline}", ""] + ([f"- {found.line}" for found in v.operators] + [""] if v.operators else [])
+    lines += ["## What changed in the stack", "", v.stack_note, ""]
     if v.stack_diff:
         lines += diff_markdown(v.stack_diff) + [""]
     meta = a.meta or b.meta
@@ -48,7 +67,7 @@ def to_markdown(v: Verdict) -> str:
     why = v.reasons or ["every test that passed before passes after, and " + (
         "every A/B figure's interval lies below 1 + its tolerance" if v.performance_method == "ab"
         else "no gated figure got worse beyond its tolerance")]
-    lines += ["", "## Why", ""] + [f"- {r}" for r in why]
+    lines += ["", "## Why", ""] + _why(v, why)
     lines += [f"- {n}" for n in v.notes]
     if v.baselines is not None:
         lines += ["", f"## Loosened bounds and baselines (against {v.baselines.base}): {v.baselines.status}", "", v.baselines.headline()]
@@ -90,6 +109,8 @@ def to_json(v: Verdict) -> dict:
         "reasons": v.reasons,
         "notes": v.notes,
         "compiled_caveat": v.compiled_caveat,
+        "operators_grew": {found.case: found.grew for found in v.operators},  # None: the two stacks could not be compared
+        "operators_lines": {found.case: found.line for found in v.operators},
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "stack_note": v.stack_note,
         "stack_diff": None if v.stack_diff is None else [{"what": w, "before": old, "after": new} for w, old, new in v.stack_diff],
