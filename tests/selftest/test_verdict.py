@@ -629,3 +629,22 @@ def test_a_damaged_ops_json_is_a_one_line_error(tmp_path, capsys, side, text, ne
     assert verdict.main(["--before", str(before), "--after", str(after), "--output", str(tmp_path / "v")]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and str(tmp_path / side) in err, err
+
+
+def test_one_line_over_the_cases_names_each_operator_that_grew_once():
+    """A kernel fault grows in every case that runs the operator: the verdict's first operator line
+    says it once, over the cases, before each case's own line."""
+    from csm_conformance.tools.verdict.operators import CaseOperators, across_cases
+
+    def row(op, before, after):
+        return {"op": op, "module": "m", "phase": "prefill", "shapes": [[1]], "dtypes": ["bfloat16"],
+                "before_excess": before, "after_excess": after, "repro": None}
+
+    found = [CaseOperators("a", "line a", [row("aten.silu.default", 0.2, 2.7), row("aten.add.Tensor", 0.3, 0.9)]),
+             CaseOperators("b", "line b", [row("aten.silu.default", 0.25, "inf")]),
+             CaseOperators("c", "line c", None)]  # not compared: left out
+    line = across_cases(found)
+    assert line.startswith("operators whose error grew: aten.silu.default (2 of 2 cases, 2 distinct calls: x0.20-0.25 -> up to xinf")
+    assert "aten.add.Tensor (1 of 2 cases, 1 distinct calls: x0.30-0.30 -> up to x0.90 its standard)" in line
+    assert across_cases(found[:1]) is None
+    assert across_cases([CaseOperators("a", "", []), CaseOperators("b", "", [])]).startswith("operators whose error grew: none in 2 cases")

@@ -17,6 +17,7 @@ from pathlib import Path
 from csm_conformance.tools import baselines_diff
 from csm_conformance.tools.verdict.evidence import NO_AB, VerdictError, read_ab, read_side
 from csm_conformance.tools.verdict.judge import decide
+from csm_conformance.tools.verdict.operators import across_cases
 from csm_conformance.tools.verdict.operators import compare as compare_operators
 from csm_conformance.tools.verdict.render import to_json, to_markdown
 
@@ -54,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "verdict.md").write_text(to_markdown(verdict))
     (out / "verdict.json").write_text(json.dumps(to_json(verdict), indent=2) + "\n")
     print(f"csm-conformance verdict: {verdict.headline}")
-    for found in verdict.operators:
+    summary = across_cases(verdict.operators)
+    if summary:
+        print(f"csm-conformance verdict: {summary}")
+    for found in verdict.operators[:1 if summary else None]:  # the rest per case in verdict.md
         print(f"csm-conformance verdict: {found.line}")
     print(f"report: {out / 'verdict.md'}")
     print(f"report: {out / 'verdict.json'}")

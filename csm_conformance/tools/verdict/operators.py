@@ -190,3 +190,33 @@ def compare(accuracy: list, before: Side, after: Side, output: Path, before_pyth
         else:
             found.append(_compared(case, old[case][0], new[case][0], before, after))
     return found
+
+
+def across_cases(found: list[CaseOperators]) -> str | None:
+    """One line over every case whose operators were compared, each operator that grew anywhere
+    once (a kernel fault shows in every case that runs it): the line a reader needs first. None
+    for fewer than two compared cases (their own line says it)."""
+    compared = [f for f in found if f.grew is not None]
+    if len(compared) < 2:
+        return None
+    by_op: dict[str, list[tuple[str, dict]]] = {}
+    for f in compared:
+        for row in f.grew:
+            by_op.setdefault(row["op"], []).append((f.case, row))
+    if not by_op:
+        return f"operators whose error grew: none in {len(compared)} cases compared (the error is not one kernel's)"
+    def after(row: dict) -> float:
+        return math.inf if row["after_excess"] == "inf" else float(row["after_excess"] or 0.0)
+
+    def worst(item):
+        return max(after(r) for _, r in item[1])
+    parts = []
+    for op, rows in sorted(by_op.items(), key=worst, reverse=True)[:NAMED]:
+        cases = list(dict.fromkeys(case for case, _ in rows))
+        befores = [r["before_excess"] for _, r in rows if isinstance(r["before_excess"], (int, float))]
+        was = f"x{min(befores):.2f}-{max(befores):.2f}" if befores else "not run"
+        parts.append(f"{op} ({len(cases)} of {len(compared)} cases, {len(rows)} distinct calls: {was} -> up to "
+                     f"{_times(max(after(r) for _, r in rows))} its standard)")
+    more = len(by_op) - NAMED
+    return "operators whose error grew: " + "; ".join(parts) + (f"; {more} more operators" if more > 0 else "") + " (per case below)"
+

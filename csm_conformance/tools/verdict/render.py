@@ -14,6 +14,7 @@ from csm_conformance.performance.baselines import GATED
 from csm_conformance.runtime.stack import diff_markdown
 from csm_conformance.tools import baselines_diff
 from csm_conformance.tools.verdict.judge import AccuracyRow, Verdict
+from csm_conformance.tools.verdict.operators import across_cases
 
 
 def _fmt(value) -> str:
@@ -50,7 +51,9 @@ def _why(v: Verdict, why: list[str]) -> list[str]:
 
 def to_markdown(v: Verdict) -> str:
     b, a = v.before, v.after
-    lines = [f"# Upgrade verdict: {v.headline}", ""] + ([f"- {found.line}" for found in v.operators] + [""] if v.operators else [])
+    summary = across_cases(v.operators)
+    lines = [f"# Upgrade verdict: {v.headline}", ""] + ([f"- {summary}"] if summary else []) \
+        + ([f"- {found.line}" for found in v.operators] + [""] if v.operators else [])
     lines += ["## What changed in the stack", "", v.stack_note, ""]
     if v.stack_diff:
         lines += diff_markdown(v.stack_diff) + [""]
@@ -111,6 +114,7 @@ def to_json(v: Verdict) -> dict:
         "compiled_caveat": v.compiled_caveat,
         "operators_grew": {found.case: found.grew for found in v.operators},  # None: the two stacks could not be compared
         "operators_lines": {found.case: found.line for found in v.operators},
+        "operators_summary": across_cases(v.operators),
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "stack_note": v.stack_note,
         "stack_diff": None if v.stack_diff is None else [{"what": w, "before": old, "after": new} for w, old, new in v.stack_diff],
