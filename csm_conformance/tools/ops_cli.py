@@ -49,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="output/ops", help="directory of ops.json and the repro bundles (default: output/ops)")
     p.add_argument("--repro", choices=("past", "all", "none"), default="past",
                    help=f"repro bundles for the operators past their standard (default), for all (the first {REPRO_LIMIT}), or none")
+    p.add_argument("--repro-for", action="append", default=[], metavar="TEXT",
+                   help=f"also a repro bundle for every call (the first {REPRO_LIMIT} of a case) whose '<op> at <module>' contains TEXT, "
+                        "e.g. aten.linear or layers.3.self_attn (repeatable)")
     p.add_argument("--trigger", default=PROG, help="why the report was made, recorded in each case's entry (default: the command's name)")
     return p
 
@@ -151,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         try:
-            entries.append(ops_report.case_document(result, args.trigger, _bundles(output, result, args.repro)))
+            bundles = _bundles(output, result, args.repro)
+            if args.repro_for:
+                from csm_conformance.accuracy.ops.bundle import write_bundles
+
+                bundles.update(write_bundles(output, result, "match", REPRO_LIMIT, match=tuple(args.repro_for), skip=tuple(bundles)))
+            entries.append(ops_report.case_document(result, args.trigger, bundles))
         except OSError as exc:
             return _fail(f"--output {output}: cannot write the repro bundles of {case.id} ({exc.strerror or exc})")
         print(ops_report.table(entries[-1]))

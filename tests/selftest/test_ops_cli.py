@@ -112,3 +112,18 @@ def test_the_repro_bundles_are_asked_for_and_named_in_the_report(tmp_path, capsy
     calls.clear()
     assert cli.main(["ops", "--case", "decode_2s", *PINNED, "--output", str(out), "--repro", "none"]) == 0
     assert calls == []
+
+
+def test_a_bundle_on_demand_for_any_call(tmp_path):
+    """--repro-for TEXT: a bundle for each call whose '<op> at <module>' holds TEXT (within its
+    standard or not), besides --repro's, each folder written once."""
+    out = tmp_path / "ops"
+    assert cli.main(["ops", "--case", "decode_2s", *PINNED, "--output", str(out), "--repro", "none", "--repro-for", "conv_transpose1d"]) == 0
+    rows = ops_report.read(out / "ops.json")["cases"][0]["operators"]
+    bundled = [r for r in rows if r["repro"]]
+    assert bundled and all(r["op"] == "aten.conv_transpose1d.default" for r in bundled)
+    assert sorted(p.name.split("-", 1)[1] for p in out.iterdir() if p.is_dir()) == ["conv_transpose1d"] * len(bundled)
+    again = tmp_path / "again"
+    assert cli.main(["ops", "--case", "decode_2s", *PINNED, "--output", str(again), "--repro", "all", "--repro-for", "aten."]) == 0
+    rows = ops_report.read(again / "ops.json")["cases"][0]["operators"]
+    assert len([p for p in again.iterdir() if p.is_dir()]) == len([r for r in rows if r["repro"]]) == 20  # the first 10, and 10 more asked for

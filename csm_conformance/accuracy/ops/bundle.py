@@ -160,15 +160,21 @@ def write_bundle(directory: Path, call: OpCall, device: str, result: dict, *, ca
     return directory / "repro.py"
 
 
-def write_bundles(ops_dir: Path, case_ops, which: str = "past", limit: int = 10, *, model: str = "") -> dict[int, str]:
-    """Bundles for the first `limit` ranked rows, past their standard (`past`) or all (`all`), numbered
-    after the `<n>-*` folders already in `ops_dir`, so several cases share one; {rank: repro.py
-    relative to ops_dir}."""
-    if which not in ("past", "all"):
-        raise ValueError(f"which must be 'past' or 'all', not {which!r}")
+def write_bundles(ops_dir: Path, case_ops, which: str = "past", limit: int = 10, *, model: str = "",
+                  match: tuple[str, ...] = (), skip: tuple[int, ...] = ()) -> dict[int, str]:
+    """Bundles for the first `limit` ranked rows, past their standard (`past`) or all (`all`), or for
+    the first `limit` rows anywhere in the ranking whose "<op> at <module>" contains one of `match`
+    (`match`: a bundle on demand for any call), numbered after the `<n>-*` folders already in
+    `ops_dir`, so several cases share one; {rank: repro.py relative to ops_dir}. `skip`: ranks already
+    bundled."""
+    if which not in ("past", "all", "match"):
+        raise ValueError(f"which must be 'past', 'all' or 'match', not {which!r}")
     taken = [int(m.group(1)) for p in (ops_dir.iterdir() if ops_dir.is_dir() else []) if p.is_dir() and (m := re.match(r"(\d+)-", p.name))]
     number, written = max(taken, default=0), {}
-    for rank, judged in enumerate(case_ops.ranked[:limit], 1):
+    ranked = list(enumerate(case_ops.ranked, 1))
+    if which == "match":
+        ranked = [(r, j) for r, j in ranked if r not in skip and any(text in f"{j.call.op} at {j.call.module}" for text in match)]
+    for rank, judged in ranked[:limit]:
         if which == "past" and not judged.past:
             continue
         number += 1
