@@ -42,10 +42,33 @@ class KernelFault(TorchDispatchMode):
 
 
 def plant(name: str, relative: float, dtype: torch.dtype, shape: tuple[int, ...] | None = None) -> KernelFault:
-    """The fault, active in this thread from now on (the mode is entered and never left)."""
+    """The fault, active in this thread from now on (the mode is entered and never left, until
+    remove_planted())."""
     fault = KernelFault(name, relative, dtype, shape)
     fault.__enter__()
     return fault
+
+
+def planted() -> list[KernelFault]:
+    """The kernel faults active in this thread (on the dispatch mode stack)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return [mode for mode in _get_current_dispatch_mode_stack() if isinstance(mode, KernelFault)]
+
+
+def remove_planted() -> int:
+    """Leave every kernel fault planted in this thread (a process that plants one and goes on, as
+    the self-tests do, must not carry it into the next test); how many were removed. They must be
+    on top of the mode stack, as plant() leaves them."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    removed = 0
+    while isinstance(_get_current_dispatch_mode(), KernelFault):
+        _get_current_dispatch_mode().__exit__(None, None, None)
+        removed += 1
+    if planted():
+        raise RuntimeError("a kernel fault is below another dispatch mode: it cannot be removed")
+    return removed
 
 
 def environment(directory, name: str, relative: float, dtype: str = "bfloat16", shape: tuple[int, ...] | None = None):
