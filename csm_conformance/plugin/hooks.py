@@ -71,10 +71,11 @@ def pytest_configure(config: pytest.Config) -> None:
         if settings.csm_ops and "all" not in settings.csm_ops:
             from csm_conformance.catalogue.cases import load_catalogue
 
-            known = load_catalogue(settings.csm_cases or None).ids()
+            known = load_catalogue(settings.csm_cases or None).select(settings.csm_case).ids()  # this run's cases
             unknown = [c for c in settings.csm_ops if c not in known]
             if unknown:
-                raise OptionError(f"--csm-ops: no case {', '.join(unknown)} in the catalogue (cases: {', '.join(known)}, or all)")
+                where = "this run's cases (--csm-case)" if settings.csm_case else "the catalogue"
+                raise OptionError(f"--csm-ops: no case {', '.join(unknown)} in {where} (cases: {', '.join(known)}, or all)")
         if _under_xdist(config) and (settings.csm_record_bounds or settings.csm_save_golden):
             raise OptionError("--csm-record-bounds and --csm-save-golden write one shared file per case: run them on one device, without -n")
         if worker:  # audio and this worker's own reports go to <output>/gwK; the controller writes the merged ones

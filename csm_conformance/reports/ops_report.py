@@ -81,12 +81,16 @@ def _where(row: dict) -> str:
     return f"{row['op']} at {row['module'] or '(top level)'} ({row['phase']}; {shapes}; {'/'.join(sorted(set(row['dtypes'])))})"
 
 
+def _number(value, spec: str = ".3g") -> str:
+    """A row's number as text: ops.json writes an infinite one as "inf" and a NaN as null."""
+    return value if isinstance(value, str) else "-" if value is None else format(value, spec)
+
+
 def _error(row: dict) -> str:
     if row.get("problem"):
         return row["problem"]
-    excess = row["excess"]
-    times = "inf" if excess == "inf" else f"{excess:.2g}"
-    return f"rel err {row['rel_error']:.3g}, max |err| {row['max_abs_error']:.3g}: {times} x its standard"
+    return (f"rel err {_number(row.get('rel_error'))}, max |err| {_number(row.get('max_abs_error'))}: "
+            f"{_number(row['excess'], '.2g')} x its standard")
 
 
 def summary_line(entry: dict, ops_json: Path) -> str:

@@ -47,14 +47,15 @@ def report_case(csm, case, trigger: str) -> dict | str:
     try:
         found = case_ops(csm.target, case, _codes(csm, case))
         entry = ops_report.case_document(found, trigger, write_bundles(ops_dir(csm), found, "past"))
+        written = [e for e in done.values() if isinstance(e, dict)] + [entry]
+        ops_report.write(ops_dir(csm) / "ops.json", csm.run_meta(), written)
+        (ops_dir(csm) / f"{case.id}.txt").write_text(ops_report.table(entry, rows=30) + "\n", encoding="utf-8")
+        reporting.attach_json(f"{case.id} operators: every distinct aten call against its standard", entry)
     except Exception as exc:  # noqa: BLE001 - a diagnostic must not mask the check's own verdict
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         done[case.id] = f"operator report could not run: {type(exc).__name__}: {first}"
         return done[case.id]
     done[case.id] = entry
-    ops_report.write(ops_dir(csm) / "ops.json", csm.run_meta(), [e for e in done.values() if isinstance(e, dict)])
-    (ops_dir(csm) / f"{case.id}.txt").write_text(ops_report.table(entry, rows=30) + "\n", encoding="utf-8")
-    reporting.attach_json(f"{case.id} operators: every distinct aten call against its standard", entry)
     return entry
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,6 +75,22 @@ def test_reduction_lengths():
     assert k("aten.scaled_dot_product_attention.default", (torch.zeros(1, 4, 1, 16), torch.zeros(1, 4, 21, 16)), {}) == 21
     assert k("aten.conv1d.default", (x, torch.zeros(8, 5, 3)), {}) == 15
     assert k("aten.mul.Tensor", (x, x), {}) == 1
+    depthwise = torch.zeros(8, 1, 4)  # Mimi's upsample: a depthwise transposed convolution sums kernel terms only
+    assert k("aten.conv_transpose1d.default", (torch.zeros(1, 8, 5), depthwise, None, [2], [1], [0], 8), {}) == 4
+    assert k("aten.convolution.default", (torch.zeros(1, 8, 5), depthwise, None, [2], [1], [1], True, [0], 8), {}) == 4
+    assert k("aten.conv_transpose1d.default", (torch.zeros(1, 8, 5), torch.zeros(8, 4, 4)), {}) == 32
+
+
+def test_a_row_with_an_infinite_error_is_one_line_not_a_crash():
+    """The exact result all zeros, the device's not: relative error inf, written to ops.json as "inf"."""
+    from csm_conformance.accuracy.ops.record import OpCall
+    from csm_conformance.accuracy.ops.run import JudgedCall
+
+    result = standard.judge([torch.ones(4, dtype=torch.bfloat16)], [torch.zeros(4, dtype=torch.float64)], k=1)
+    row = ops_report.call_row(1, JudgedCall(OpCall("aten.add.Tensor", "m", "prefill", (torch.ones(4),), {}), result), None)
+    entry = {"case": "c", "trigger": "t", "recorded_calls": 1, "judged": 1, "past_standard": 1, "operators": [row]}
+    assert "rel err inf" in ops_report.summary_line(entry, Path("o/ops.json"))
+    assert "inf" in ops_report.table(entry)
 
 
 def test_arguments_written_down_come_back_the_same():
@@ -159,3 +176,8 @@ def test_the_operator_gate_passes_clean_and_is_deselected_without_the_option(run
 
 def test_an_unknown_ops_case_is_one_line(run_suite, pytester, one_line_error):
     one_line_error(run_suite(pytester, "--csm-ops=nosuch"), "--csm-ops: no case nosuch in the catalogue")
+
+
+def test_an_ops_case_outside_the_runs_cases_is_one_line_not_a_silent_deselect(run_suite, pytester, one_line_error):
+    one_line_error(run_suite(pytester, "--csm-case", "short_en", "--csm-ops", "chinese"),
+                   "--csm-ops: no case chinese in this run's cases (--csm-case) (cases: short_en, or all)")

@@ -648,3 +648,17 @@ def test_one_line_over_the_cases_names_each_operator_that_grew_once():
     assert "aten.add.Tensor (1 of 2 cases, 1 distinct calls: x0.30-0.30 -> up to x0.90 its standard)" in line
     assert across_cases(found[:1]) is None
     assert across_cases([CaseOperators("a", "", []), CaseOperators("b", "", [])]).startswith("operators whose error grew: none in 2 cases")
+
+
+def test_an_xdist_runs_operator_reports_are_read_from_its_workers(tmp_path):
+    """Under pytest-xdist each worker writes <run>/gwK/ops/ops.json and none is merged: the verdict
+    reads the workers' (their repro paths made relative to <run>/ops)."""
+    before = ops_doc({SILU: 0.31, MM: 0.5, ADD: 0.2})
+    after = ops_doc({SILU: 2.76, MM: 0.55, ADD: 0.9}, {SILU: "1-silu/repro.py"})
+    code, report, markdown, after_path = red_on_candidate(tmp_path, before, None)
+    (Path(after_path) / "gw1" / "ops").mkdir(parents=True)
+    (Path(after_path) / "gw1" / "ops" / "ops.json").write_text(json.dumps(after))
+    code = verdict.main(["--before", str(tmp_path / "current"), "--after", after_path, "--output", str(tmp_path / "v2")])
+    report = json.loads((tmp_path / "v2" / "verdict.json").read_text())
+    assert code == 1 and [r["op"] for r in report["operators_grew"]["short_en"]][:1] == ["aten.silu.default"]
+    assert f"repro: {after_path}/ops/../gw1/ops/1-silu/repro.py" in report["operators_lines"]["short_en"]

@@ -125,14 +125,16 @@ def reduction_length(op: str, args: tuple, kwargs: dict) -> int:
     if name in ("addmm", "baddbmm", "addbmm", "addmv"):
         return shape(1)[-1] if shape(1) else 1
     if name in ("convolution", "_convolution") and len(args) > 6 and args[6] is True:  # transposed
-        weight = shape(1)  # [in, out / groups, *kernel]
-        return max(1, weight[0] * math.prod(weight[2:])) if weight else 1
+        weight = shape(1)  # [in, out / groups, *kernel]; each output sums in / groups x kernel terms
+        groups = args[8] if len(args) > 8 and isinstance(args[8], int) else 1
+        return max(1, weight[0] // max(groups, 1) * math.prod(weight[2:])) if weight else 1
     if name in ("convolution", "_convolution", "conv1d", "conv2d", "mkldnn_convolution", "_slow_conv2d_forward"):
         weight = shape(1)  # [out, in / groups, *kernel]
         return max(1, math.prod(weight[1:])) if weight else 1
-    if name in ("conv_transpose1d", "conv_transpose2d"):
-        weight = shape(1)  # [in, out / groups, *kernel]
-        return max(1, weight[0] * math.prod(weight[2:])) if weight else 1
+    if name in ("conv_transpose1d", "conv_transpose2d"):  # (input, weight, bias, stride, padding, output_padding, groups, ...)
+        weight = shape(1)  # [in, out / groups, *kernel]; each output sums in / groups x kernel terms
+        groups = args[6] if len(args) > 6 and isinstance(args[6], int) else kwargs.get("groups", 1)
+        return max(1, weight[0] // max(groups, 1) * math.prod(weight[2:])) if weight else 1
     if name in _ATTENTION or name.startswith("npu_fusion_attention"):
         q, k = shape(0), shape(1)
         return max(q[-1] if q else 1, k[-2] if len(k) >= 2 else 1)

@@ -107,12 +107,32 @@ def read_ops(path: Path) -> dict | None:
         raise VerdictError(f"{path} is not readable ({exc.__class__.__name__}: {exc})") from None
 
 
+def read_run_ops(path: Path) -> dict | None:
+    """The run's operator report: <run>/ops/ops.json, or under pytest-xdist (no merged one) every
+    worker's <run>/gwK/ops/ops.json, their cases together, each repro path made relative to <run>/ops."""
+    whole = read_ops(path / OPS_FILE)
+    if whole is not None:
+        return whole
+    merged = None
+    for worker_file in sorted(path.glob(f"gw*/{OPS_FILE}")):
+        doc = read_ops(worker_file)
+        worker = worker_file.parent.parent.name
+        for entry in doc["cases"]:
+            for row in entry["operators"]:
+                row["repro"] = f"../{worker}/ops/{row['repro']}" if row.get("repro") else row.get("repro")
+        if merged is None:
+            merged = doc
+        else:
+            merged["cases"] += doc["cases"]
+    return merged
+
+
 def read_side(label: str, path: Path) -> Side:
     path = Path(path)
     if not path.is_dir():
         raise VerdictError(f"{label}: {path} is not a directory (run the gate for that stack first)")
     side = Side(label, path, _read_json(path / ACCURACY_FILE), _read_json(path / PERFORMANCE_FILE),
-                 _read_json(path / STATUS_FILE), _read_junit(path / JUNIT_FILE), read_ops(path / OPS_FILE))
+                 _read_json(path / STATUS_FILE), _read_junit(path / JUNIT_FILE), read_run_ops(path))
     if side.performance is not None and not isinstance(side.performance.get("csm"), dict):
         raise VerdictError(f"{path / PERFORMANCE_FILE} has no 'csm' block: not written by csm-conformance")
     try:  # the written schemas (csm_conformance/reports/schemas/): a damaged or foreign report is one line, not a KeyError
