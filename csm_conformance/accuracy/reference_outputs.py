@@ -40,8 +40,7 @@ class ReferenceOutputs:
         return self.cached(("depth", case.id), lambda: probes.depth_decoder_logits(reference, case, self.codes(case)))
 
     def codec_codes(self, case: CodecCase) -> torch.Tensor:
-        cfg = self.session.reference.model.config
-        return probes.seeded_codes(cfg.num_codebooks, case.decode_frames, min(cfg.vocab_size, cfg.codec_config.codebook_size), case.decode_seed)
+        return probes.codec_case_codes(self.session.reference, case)
 
     def decode(self, case: CodecCase) -> torch.Tensor:
         return self.cached(("decode", case.id), lambda: probes.mimi_decode(self.session.reference, self.codec_codes(case)))

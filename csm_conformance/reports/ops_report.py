@@ -76,7 +76,8 @@ def read(path: Path) -> dict | None:
     return doc
 
 
-def _where(row: dict) -> str:
+def where(row: dict) -> str:
+    """`aten.silu.default at backbone_model.layers.0.mlp.act_fn (prefill; 1x21x128; bfloat16)`."""
     shapes = ", ".join("x".join(map(str, s)) or "scalar" for s in row["shapes"][:3])
     return f"{row['op']} at {row['module'] or '(top level)'} ({row['phase']}; {shapes}; {'/'.join(sorted(set(row['dtypes'])))})"
 
@@ -97,12 +98,12 @@ def summary_line(entry: dict, ops_json: Path) -> str:
     """The one line a red check adds: the first operator past its standard, or that none is."""
     ops = entry["operators"]
     if not entry["past_standard"]:
-        worst = f"; closest: {_where(ops[0])}, {_error(ops[0])}" if ops else ""
+        worst = f"; closest: {where(ops[0])}, {_error(ops[0])}" if ops else ""
         return (f"operators: none of {entry['judged']} distinct calls is past its standard{worst} "
                 f"(the error is not one kernel's: compare the stacks, {ops_json})")
     first = ops[0]
     repro = f"; repro: {ops_json.parent / first['repro']}" if first.get("repro") else ""
-    return f"first operator past its standard: {_where(first)}, {_error(first)} ({entry['past_standard']} of {entry['judged']} past){repro}"
+    return f"first operator past its standard: {where(first)}, {_error(first)} ({entry['past_standard']} of {entry['judged']} past){repro}"
 
 
 def table(entry: dict, rows: int = 10) -> str:
@@ -116,5 +117,5 @@ def table(entry: dict, rows: int = 10) -> str:
         cos = f"{r['cosine']:.7f}" if isinstance(r.get("cosine"), float) else "-"
         rel = f"{r['rel_error']:.3g}" if isinstance(r.get("rel_error"), float) else "-"
         mx = f"{r['max_abs_error']:.3g}" if isinstance(r.get("max_abs_error"), float) else "-"
-        lines.append(f"  {excess:>7}  {rel:>9}  {mx:>9}  {cos:>10}  {_where(r)}" + (f"  -> {r['repro']}" if r.get("repro") else ""))
+        lines.append(f"  {excess:>7}  {rel:>9}  {mx:>9}  {cos:>10}  {where(r)}" + (f"  -> {r['repro']}" if r.get("repro") else ""))
     return "\n".join(lines)

@@ -202,6 +202,12 @@ def mimi_encode(loaded: LoadedModel, waveform: torch.Tensor) -> torch.Tensor:
     return loaded.model.codec_model.encode(audio).audio_codes[0].cpu()
 
 
+def codec_case_codes(loaded: LoadedModel, case) -> torch.Tensor:
+    """A codec decode case's seeded codes [num_codebooks, frames], for `loaded`'s config."""
+    cfg = loaded.model.config
+    return seeded_codes(cfg.num_codebooks, case.decode_frames, min(cfg.vocab_size, cfg.codec_config.codebook_size), case.decode_seed)
+
+
 def seeded_codes(num_codebooks: int, frames: int, vocab: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (num_codebooks, frames), generator=generator)

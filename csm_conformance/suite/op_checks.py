@@ -32,12 +32,6 @@ def reported(csm) -> dict[str, dict | str]:
     return _REPORTED.get(csm, {})
 
 
-def _codes(csm, case):
-    from csm_conformance.catalogue.cases import PromptCase
-
-    return None if isinstance(case, PromptCase) or case.kind != "decode" else csm.codec_codes(case)
-
-
 def report_case(csm, case, trigger: str) -> dict | str:
     """The case's ops.json entry (recorded, judged, bundled and written once per session); a report
     that cannot run is a one-line note, never a different failure of the check that asked."""
@@ -45,7 +39,7 @@ def report_case(csm, case, trigger: str) -> dict | str:
     if case.id in done:
         return done[case.id]
     try:
-        found = case_ops(csm.target, case, _codes(csm, case))
+        found = case_ops(csm.target, case)
         entry = ops_report.case_document(found, trigger, write_bundles(ops_dir(csm), found, "past"))
         written = [e for e in done.values() if isinstance(e, dict)] + [entry]
         ops_report.write(ops_dir(csm) / "ops.json", csm.run_meta(), written)

@@ -88,17 +88,6 @@ def _merged(existing: dict | None, meta: dict, entries: list[dict]) -> tuple[lis
     return kept + list(new.values()), ""
 
 
-def _codes(loaded, case):
-    """A codec decode case's seeded codes, as the suite makes them (reference_outputs.codec_codes)."""
-    from csm_conformance.catalogue.cases import CodecCase
-    from csm_conformance.runtime import probes
-
-    if not isinstance(case, CodecCase) or case.kind != "decode":
-        return None
-    cfg = loaded.model.config
-    return probes.seeded_codes(cfg.num_codebooks, case.decode_frames, min(cfg.vocab_size, cfg.codec_config.codebook_size), case.decode_seed)
-
-
 def _meta(loaded, info) -> dict:
     """What ConformanceSession.run_meta() says of a gate run, for this model and device."""
     import torch
@@ -147,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     meta, entries, failed = _meta(loaded, info), [], 0
     for case in cases:
         try:
-            result = case_ops(loaded, case, _codes(loaded, case))
+            result = case_ops(loaded, case)
         except Exception as exc:  # noqa: BLE001 - a case that cannot run on this stack: one line, the others still run
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             print(f"{PROG}: error: {case.id}: its operators could not be recorded: {type(exc).__name__}: {first}", file=sys.stderr)

@@ -58,6 +58,8 @@ def record_case(loaded, case, codes: torch.Tensor | None = None):
     from csm_conformance.catalogue.cases import PromptCase
     from csm_conformance.runtime import probes
 
+    if codes is None and not isinstance(case, PromptCase) and case.kind == "decode":
+        codes = probes.codec_case_codes(loaded, case)  # made before recording: they are inputs, not the model's work
     with recording(loaded.model) as recorder:
         if isinstance(case, PromptCase):
             frames = probes.greedy_codes(loaded, case, FRAMES)  # [frames, codebooks]

@@ -22,6 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from csm_conformance.reports.ops_report import where
 from csm_conformance.tools.verdict.evidence import OPS_FILE, Side, VerdictError, read_ops
 
 GREW_FACTOR, GREW_FLOOR = 2.0, 0.5  # "grew": excess more than doubled, and above this on the candidate
@@ -90,12 +91,6 @@ def grown(before: dict, after: dict) -> list[dict]:
                          "before_excess": was, "after_excess": new, "repro": row.get("repro")})
     rows.sort(key=lambda r: -r["after_excess"])
     return [{**r, "before_excess": _json(r["before_excess"]), "after_excess": _json(r["after_excess"])} for r in rows]
-
-
-def where(row: dict) -> str:
-    """`aten.silu.default at backbone_model.layers.0.mlp.act_fn (prefill; 1x21x128; bfloat16)`, as the ops report says it."""
-    shapes = ", ".join("x".join(map(str, s)) or "scalar" for s in row["shapes"][:3])
-    return f"{row['op']} at {row['module'] or '(top level)'} ({row['phase']}; {shapes}; {'/'.join(sorted(set(row['dtypes'])))})"
 
 
 def _times(value) -> str:
