@@ -86,3 +86,35 @@ def environment(directory, name: str, relative: float, dtype: str = "bfloat16", 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+# The operators whose CPU kernel a slowed environment can replace: the replacement computes the same
+# function from other operators (the original kernel cannot be called once it is overridden).
+SLOW_FORMULAS = {"silu": "x * torch.sigmoid(x)"}
+
+
+def slow_environment(directory, name: str, microseconds: float, python: str):
+    """A candidate stack whose CPU kernel of aten `name` spends `microseconds` more per call, as a
+    slower kernel in a new release would: `directory`/sitecustomize.py overrides the kernel
+    (torch.library, CPU key; no dispatch mode, so no other operator pays anything), and
+    `directory`/python runs `python` with it. Returns that interpreter's path, for --after."""
+    import shlex
+    from pathlib import Path
+
+    if name not in SLOW_FORMULAS:
+        raise ValueError(f"no CPU replacement for aten {name}: slowed kernels are {', '.join(SLOW_FORMULAS)}")
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(
+        f'"""A slowed kernel (csm-conformance faults/op_kernel.py): aten {name} on the CPU spends {microseconds:g} us more per call."""\n'
+        "import time\n\nimport torch\n\n_LIB = torch.library.Library('aten', 'IMPL')\n\n\n"
+        "def _slowed(x):\n"
+        f"    deadline = time.perf_counter() + {microseconds / 1e6!r}\n"
+        "    while time.perf_counter() < deadline:\n        pass\n"
+        f"    return {SLOW_FORMULAS[name]}\n\n\n"
+        f"_LIB.impl({name!r}, _slowed, 'CPU')\n")
+    wrapper = directory / "python"
+    here, real = shlex.quote(str(directory)), shlex.quote(str(Path(python).absolute()))
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={here}${{PYTHONPATH:+:$PYTHONPATH}} exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from csm_conformance.faults.errors import PlantedFaultError
+from csm_conformance.faults.errors import FaultError, PlantedFaultError
 from csm_conformance.runtime import clock, devices
 
 
@@ -106,3 +106,22 @@ def _hang_at(frame: int) -> None:
     while True:  # until pytest-timeout (or the user) ends it
         time.sleep(1.0)
 
+
+
+def _extra_cast(model: torch.nn.Module, name: str) -> str:
+    """Each call of module `name` sends its output through float32 and back (float64 for a float32
+    model): two casts more per call, the values unchanged, as a release that adds a cast or copy
+    would. What the attribution must name by its call count."""
+    modules = dict(model.named_modules())
+    if name not in modules:
+        near = [n for n in modules if n.endswith(name.rsplit(".", 1)[-1])][:3]
+        raise FaultError(f"fault cast:{name}: the model has no module '{name}'" + (f" (e.g. {', '.join(near)})" if near else ""))
+
+    def hook(_module, _inputs, output):
+        if not torch.is_tensor(output) or not output.is_floating_point():
+            return output
+        wide = torch.float64 if output.dtype == torch.float32 else torch.float32
+        return output.to(wide).to(output.dtype)
+
+    modules[name].register_forward_hook(hook)
+    return f"every call of {name} casts its output to a wider float and back (two casts more per call, values unchanged)"

@@ -19,7 +19,16 @@ from csm_conformance.faults.numeric import (
     _shift_attention_mask,
 )
 from csm_conformance.faults.op_kernel import plant as plant_kernel
-from csm_conformance.faults.per_frame import _at_frame, _hang_at, _per_frame_leak, _per_frame_sleep, _per_frame_slowdown, _raise_at, _transient_sleep
+from csm_conformance.faults.per_frame import (
+    _at_frame,
+    _extra_cast,
+    _hang_at,
+    _per_frame_leak,
+    _per_frame_sleep,
+    _per_frame_slowdown,
+    _raise_at,
+    _transient_sleep,
+)
 
 
 def _number(spec: str, text: str) -> float:
@@ -84,12 +93,16 @@ def _plan(spec: str) -> Callable[[torch.nn.Module], str]:
         return lambda model: (_cache_path if kind == "cache_path" else _compiled_only)(relative)
     if kind == "op":
         return _kernel(spec, rest)
+    if kind == "cast":
+        if not rest:
+            raise FaultError(f"fault {spec}: name a module, e.g. cast:backbone_model.norm")
+        return lambda model: _extra_cast(model, rest)
     if kind in _PER_FRAME:
         return _PER_FRAME[kind](spec, rest)
     raise FaultError(f"unknown fault '{spec}': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, "
                      "sleep:<ms>, slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame>, "
-                     "xversion:<rmsnorm|mimi>[:<relative>], decode_attn:<factor>, cache_path:<relative>, compiled:<relative> "
-                     "or op:<aten op>[:<relative>][@<shape>]")
+                     "xversion:<rmsnorm|mimi>[:<relative>], decode_attn:<factor>, cache_path:<relative>, compiled:<relative>, "
+                     "op:<aten op>[:<relative>][@<shape>] or cast:<module>")
 
 
 def _kernel(spec: str, rest: str) -> Callable[[torch.nn.Module], str]:

@@ -71,6 +71,14 @@ class PerfJudge:
             if mode not in self._baselines:
                 self._baselines[mode] = BaselineFile.load(self.baseline_file(mode))
 
+    def stored_profile(self, case_id: str, mode: str, digest: str | None) -> tuple[dict | None, str]:
+        """The per-operator summary promoted with this workload's baseline, and when it was recorded."""
+        baseline = self._baselines.get(mode)
+        entry = baseline.entry(case_id, digest)[0] if baseline is not None else None
+        if entry is None:
+            return None, ""
+        return (entry["extra_info"].get("info") or {}).get("operator_profile"), baseline.recorded
+
     def judge(self, case_id: str, mode: str, digest: str | None, figures: dict, info: dict) -> PerfResult:
         """The verdict on one measurement's figures; the caller keeps it (or not)."""
         result = PerfResult(case_id, mode, Status.PASSED, figures, info)

@@ -28,7 +28,7 @@ import gc
 
 from csm_conformance.baseline_files import BaselineError
 from csm_conformance.catalogue.workloads import PerfCase, Workload, load_workloads, perf_cases, tier_selection
-from csm_conformance.performance import timing
+from csm_conformance.performance import stored_profile, timing
 from csm_conformance.performance.baselines import GATED
 from csm_conformance.performance.figures import MIB, _best_of, _figure, generation_figures
 from csm_conformance.performance.judge import PerfJudge, PerfResult, _confirmation_note
@@ -150,6 +150,7 @@ class PerformanceRun:
         result = self.judge(case.id, case.mode, case.workload.digest, figures, info)
         if len(measurements) > 1:
             result.messages.append(_confirmation_note(result, first_regressed, measurements))
+        stored_profile.attribute(self, case, inputs, result, SEED)
         result.bench = _bench_entry(benchmark, _extra(case.id, case.mode, case.workload.digest, figures, info))
         self.benchmarks.append(result.bench)
         return result

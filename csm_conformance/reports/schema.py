@@ -18,8 +18,10 @@ import jsonschema
 from csm_conformance.errors import UserError
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
-VERSIONS = {"accuracy": "csm-conformance/accuracy/1", "performance": "csm-conformance/performance/1", "ops": "csm-conformance/ops/1"}
-FILES = {"accuracy": "accuracy-1.schema.json", "performance": "performance-1.schema.json", "ops": "ops-1.schema.json"}
+VERSIONS = {"accuracy": "csm-conformance/accuracy/1", "performance": "csm-conformance/performance/1", "ops": "csm-conformance/ops/1",
+            "attribution": "csm-conformance/attribution/1"}
+FILES = {"accuracy": "accuracy-1.schema.json", "performance": "performance-1.schema.json", "ops": "ops-1.schema.json",
+         "attribution": "attribution-1.schema.json"}
 
 
 class ReportSchemaError(UserError, ValueError):

@@ -33,7 +33,10 @@ OPTIONAL_ROOTS = ("torch-npu", "torchair", "accelerate", "librosa", "kernels", "
 # Environment variables that select which CUDA / CANN libraries a process loads: two runs with the
 # same Python packages and a different value here ran on different stacks.
 LIBRARY_VARIABLES = ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "ASCEND_OPP_PATH", "ASCEND_AICPU_PATH",
-                     "CUDA_HOME", "CUDA_PATH", "LD_LIBRARY_PATH", "LD_PRELOAD")
+                     "CUDA_HOME", "CUDA_PATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH")
+# Code Python runs at start-up from the path (site-packages or PYTHONPATH): a sitecustomize that
+# replaces a kernel changes the stack as much as a new wheel does, with no package version to show it.
+STARTUP_HOOKS = ("sitecustomize", "usercustomize")
 
 
 def canonical(name: str) -> str:
@@ -161,7 +164,20 @@ def _suite_version() -> str | None:
 
 
 def library_environment() -> dict[str, str]:
-    return {k: os.environ[k] for k in LIBRARY_VARIABLES if os.environ.get(k)}
+    """The library-selecting variables that are set, and each start-up hook Python ran (its file
+    and the start of its SHA-256), under 'startup:<module>'."""
+    import hashlib
+
+    found = {k: os.environ[k] for k in LIBRARY_VARIABLES if os.environ.get(k)}
+    for name in STARTUP_HOOKS:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path:
+            try:
+                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+            except OSError:
+                digest = "unreadable"
+            found[f"startup:{name}"] = f"{path} (sha256 {digest})"
+    return found
 
 
 def fingerprint(device_type: str = "cpu") -> dict:

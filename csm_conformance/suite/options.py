@@ -73,6 +73,9 @@ OPTIONS = [
     Option("--csm-perf-tolerance", "CSM_PERF_TOLERANCE", ["time=0.05", "memory=0.03", "load=0.25"],
            "tolerated worsening per figure class, [<device type>.]<time|memory|load>=<fraction or %> (repeatable; "
            "each entry overrides only its own key)", "list", layered=True),
+    Option("--csm-profile", "CSM_PROFILE", False,
+           "profile every timed workload: its per-operator summary goes into the run, and promote stores it beside the baseline "
+           "(a regressed workload is always profiled, and named against the stored summary)", "bool"),
     Option("--csm-perf-confirm", "CSM_PERF_CONFIRM", 1,
            "a regressed workload is timed again this many times; a figure fails only if every measurement regressed (0: the first decides)", "int"),
     Option("--csm-perf-noise-factor", "CSM_PERF_NOISE_FACTOR", 3.0, "a tolerance is widened to this many coefficients of variation of its figure", "float"),

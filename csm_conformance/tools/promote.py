@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"promoted {len(run['benchmarks'])} benchmark(s) of {csm['model']['key']} on {csm['device']['fingerprint']} ({csm['dtype']}):")
     for path in written:
         print(f"  {path}")
+    bare = [b["extra_info"].get("case") for b in run["benchmarks"]
+            if b["extra_info"].get("mode") != "load" and not (b["extra_info"].get("info") or {}).get("operator_profile")]
+    if bare:
+        print(f"note: no per-operator summary for {', '.join(bare)}: a red check there cannot name the operator that grew; "
+              "run with --csm-profile before promoting to store one")
+    else:
+        print("with each workload's per-operator summary (a red check names the operators that grew against it)")
     return 0
 
 

@@ -16,8 +16,8 @@ import time
 import pytest
 
 from csm_conformance.catalogue.workloads import WorkloadError, load_tiers, tier_selection
+from csm_conformance.performance import paired_stats as stats
 from csm_conformance.performance.baselines import compare_figures, parse_tolerances
-from csm_conformance.tools.ab import stats
 from csm_conformance.tools.ab.cli import main as ab_main
 from csm_conformance.tools.ab.cli import parse_budget
 
@@ -153,6 +153,15 @@ FAKE = textwrap.dedent('''\
                      "frames": 32, "batch": 1, "intervals_s": [f] * 31, "turns": bool(req.get("turns"))}}
         elif op == "memory":
             reply = {{"peak_bytes": 100 * 2**20, "method": "fake"}}
+        elif op == "profile":  # op_profile's summary: aten::silu takes FAKE_SLOWDOWN x its time on the after side
+            k = slowdown if side == "after" else 1.0
+            jitter = lambda us: us * rng.lognormvariate(0, noise)
+            ops = {{"aten::silu|mlp.act_fn": {{"us": jitter(400 * k), "calls": 2.0, "device_us": 0.0, "shapes": "1x8" if req.get("shapes") else ""}},
+                   "aten::linear|mlp.up_proj": {{"us": jitter(1000), "calls": 2.0, "device_us": 0.0, "shapes": ""}}}}
+            in_ops = sum(r["us"] for r in ops.values())
+            reply = {{"summary": {{"frames": 8, "operators": ops, "modules": {{"mlp": {{"us": in_ops + 50, "self_us": jitter(50), "calls": 2.0}}}},
+                     "host_device": {{"wall_us": in_ops + 3000, "operators_host_us": in_ops, "outside_operators_us": 3000.0, "device_busy_us": None}},
+                     "trace": None, "module_marks": True}}}}
         reply["ok"] = True
         reply["seconds"] = 0.0
         print(json.dumps(reply), flush=True)
@@ -197,7 +206,24 @@ def test_a_slower_candidate_is_regressed_with_its_ratio(tmp_path, monkeypatch, f
     assert (code, doc["verdict"]) == (1, "REGRESSED")
     frame = next(f for f in doc["cases"][0]["figures"] if f["figure"] == "frame_ms_median")
     assert frame["decision"] == "REGRESSED" and frame["low"] <= 1.2 <= frame["high"]
-    assert capsys.readouterr().out.splitlines()[-2].startswith("csm-conformance ab: REGRESSED (short_32t-b1-eager: frame_ms_median x1.")
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("csm-conformance ab: REGRESSED (short_32t-b1-eager: frame_ms_median x1.") for line in out)
+    # a REGRESSED case is profiled on both sides without being asked: the operator that grew comes first
+    attribution = json.loads((tmp_path / "ab" / "attribution.json").read_text())
+    assert attribution["operators"][0]["name"] == "aten::silu" and attribution["operators"][0]["decision"] == "grew"
+    assert attribution["operators"][0]["shapes"] == "1x8"  # from the labelling round
+    assert [r["decision"] for r in attribution["operators"][1:]] == ["unchanged"]
+    md = (tmp_path / "ab" / "ab.md").read_text().splitlines()
+    assert md[0].startswith("# A/B performance: REGRESSED") and "aten::silu" in md[4], md[:6]
+    assert any(line.startswith("  where: operator aten::silu at mlp.act_fn") for line in out)
+
+
+def test_a_safe_run_is_not_profiled_unless_asked(tmp_path, monkeypatch, fake_python, capsys):
+    code, doc = run_ab(tmp_path, monkeypatch, fake_python, "--tolerance", "time=5%", slowdown=1.0)
+    assert code == 0 and "attribution" not in doc and not (tmp_path / "ab" / "attribution.json").exists()
+    code, doc = run_ab(tmp_path, monkeypatch, fake_python, "--tolerance", "time=5%", "--profile", slowdown=1.0)
+    assert code == 0 and doc["attribution"]["headline"][0].startswith("no operator, module or host/device time changed")
+    assert json.loads((tmp_path / "ab" / "attribution.json").read_text())["report_schema"] == "csm-conformance/attribution/1"
 
 
 def test_an_undecidable_difference_is_inconclusive_when_the_budget_ends(tmp_path, monkeypatch, fake_python, capsys):

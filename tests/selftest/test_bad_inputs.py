@@ -332,7 +332,7 @@ def test_undecodable_codes_are_one_line_in_the_suite_run(run_suite, pytester, mo
 @pytest.mark.parametrize("spec,message", [
     ("bogus", "unknown fault 'bogus': use weight:<param>[:<scale>], rope, nan:<module>, fp16:<Linear>, mask:<offset>, sleep:<ms>, "
               "slowdown:<fraction>, transient:<ms>:<generations>, leak:<MiB>, raise:<frame>, hang:<frame>, xversion:<rmsnorm|mimi>[:<relative>], "
-              "decode_attn:<factor>, cache_path:<relative>, compiled:<relative> or op:<aten op>[:<relative>][@<shape>]"),
+              "decode_attn:<factor>, cache_path:<relative>, compiled:<relative>, op:<aten op>[:<relative>][@<shape>] or cast:<module>"),
     ("op:nosuchop", "fault op:nosuchop: torch has no aten operator 'nosuchop'"),
     ("op:silu:big", "fault op:silu:big: 'big' is not a number"),
     ("op:silu:0.02@1xa", "fault op:silu:0.02@1xa: the shape is the first input's, written AxBxC, e.g. @1x4x21x16"),

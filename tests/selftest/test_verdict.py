@@ -248,6 +248,23 @@ def test_performance_comes_from_the_ab_comparison_when_given(tmp_path, before, c
     assert f"## Performance: paired A/B comparison, {ab_verdict}" in markdown and "| frame_ms_median |" in markdown
 
 
+def test_a_regressed_ab_names_where_the_time_went_right_under_the_verdict(tmp_path, before, capsys):
+    """The A/B's paired profiles (attribution.json) give their first lines to ab.json; the verdict
+    puts them right under its top line, and into verdict.json."""
+    doc = ab_doc("REGRESSED")
+    doc["attribution"] = {"file": "attribution.json", "case": "short_32t-b1-eager", "open": ["Perfetto: ..."],
+                          "headline": ["operator aten::silu at depth_decoder.model.layers.*.mlp.act_fn: 51.0 us -> 1.053 ms per frame, "
+                                       "x20.42 [19.59, 20.97], grew (+1.002 ms per frame)", "host time in operators: grew"]}
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "ab.json").write_text(json.dumps(doc))
+    after_dir = write_side(tmp_path / "candidate", accuracy_doc("5.25.0"), perf_doc("5.25.0"), dict.fromkeys(TESTS, "passed"))
+    code = verdict.main(["--before", str(before), "--after", str(after_dir), "--ab", str(tmp_path / "ab"), "--output", str(tmp_path / "v")])
+    lines = (tmp_path / "v" / "verdict.md").read_text().splitlines()
+    assert code == 1 and lines[0].startswith("# Upgrade verdict: REGRESSED")
+    assert lines[2].startswith("Where the time went (short_32t-b1-eager, paired profiles") and lines[4].startswith("1. operator aten::silu at ")
+    assert json.loads((tmp_path / "v" / "verdict.json").read_text())["attribution"]["headline"][1] == "host time in operators: grew"
+
+
 @pytest.mark.parametrize("doc, needle", [
     (lambda: ab_doc("SAFE", after_transformers="5.30.0"), "the A/B comparison's after side is not the candidate stack: transformers 5.30.0 vs 5.25.0"),
     (lambda: ab_doc("SAFE", fault=["every frame is 5% slower"]), "the A/B comparison planted a fault on its after side"),

@@ -159,3 +159,23 @@ def test_torch_compile_refuses_clearly():
     compiled = torch.compile(lambda t: t * 2 + 1)
     with pytest.raises(Exception, match="torch.compile is not simulated"):
         compiled(torch.ones(3, device="npu:0"))
+
+
+def test_a_profiled_round_goes_through_torch_npus_profiler_and_its_trace_view(tmp_path):
+    """The suite's NPU profiling path (runtime/profiling.py): torch_npu.profiler's documented calls,
+    the *_ascend_pt directory its handler writes, that directory's trace_view.json read back per
+    operator and module. The simulation has no kernels: device time stays unmeasured (None)."""
+    from csm_conformance.catalogue.workloads import load_workloads, perf_cases
+    from csm_conformance.performance import op_profile, timing
+    from csm_conformance.tools.synthesis import load
+
+    loaded, _ = load("tiny", "npu:0", "bfloat16", True)
+    (case,) = perf_cases(load_workloads(None), ["eager"], ["short_32t"], (1,))
+    inputs = timing.workload_inputs(loaded, case)
+    summary = op_profile.profile_round(loaded, inputs, 4, 0, shapes=True, trace_dir=tmp_path)
+    trace = Path(summary["trace"])
+    assert trace.name.endswith("_ascend_pt") and (trace / "ASCEND_PROFILER_OUTPUT" / "trace_view.json").is_file()
+    silu = {k: v for k, v in summary["operators"].items() if k.startswith("aten::silu|")}
+    assert set(silu) == {"aten::silu|backbone_model.layers.*.mlp.act_fn", "aten::silu|depth_decoder.model.layers.*.mlp.act_fn"}
+    assert all(v["calls"] > 0 and v["us"] > 0 and v["shapes"] for v in silu.values())
+    assert summary["host_device"]["device_busy_us"] is None and summary["modules"]["backbone_model"]["calls"] >= 1

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from csm_conformance.catalogue.workloads import MODES, TIERS, WorkloadError, load_workloads, perf_cases, tier_selection
 from csm_conformance.errors import UserError
+from csm_conformance.performance import paired_stats as stats
 from csm_conformance.performance.baselines import parse_tolerances
 from csm_conformance.runtime import stack
 from csm_conformance.suite.options import OPTIONS, resolve_option
-from csm_conformance.tools.ab import report, stats
+from csm_conformance.tools.ab import profiled, report
 from csm_conformance.tools.ab.controller import Budget, run_case
 from csm_conformance.tools.ab.workers import TurnPipes, WorkerError, WorkerProcess
 
@@ -107,6 +108,10 @@ def parser() -> argparse.ArgumentParser:
                    help="frame: a pair's two rounds run at once, the workers taking turns frame by frame (the CPU's default: "
                         "it cancels what the host does within a second); round: one round, then the other (the default on "
                         "accelerators, where it has not been measured)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile every case on both stacks and write attribution.json/.md (a REGRESSED case is always profiled)")
+    p.add_argument("--profile-rounds", type=int, default=profiled.DEFAULT_ROUNDS,
+                   help=f"profiled rounds per side and case, in ABBA order (default {profiled.DEFAULT_ROUNDS}; 0: never profile)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds per worker and case before the pairs (default 1)")
     return p
 
@@ -156,6 +161,8 @@ def _arguments(argv):
         least = next(n for n in range(2, 200) if stats._order_statistic_index(n, args.alpha / len(stats.look_schedule(n))) > 0)
         raise BadInput(f"--budget {budget.max_pairs} pairs can never decide at alpha {args.alpha}: use at least {least}")
     ids, modes, batches = tier_selection(args.workloads, args.tier, args.workload, args.mode)
+    if args.profile_rounds < 0 or (args.profile and args.profile_rounds < 6):
+        raise BadInput("--profile-rounds must be >= 0, and >= 6 with --profile (fewer rounds can never decide a row)")
     if args.warmup < 0 or ("compiled" in modes and args.warmup < 1):
         raise BadInput("--warmup must be >= 0, and >= 1 when compiled mode is timed (it compiles there)")
     cases = [c for c in perf_cases(load_workloads(args.workloads), modes, ids, batches) if not args.batch or c.batch in args.batch]
@@ -219,8 +226,9 @@ def interleave_mode(spec: str, device_type: str) -> str:
 
 
 def _compare(sides, setups, args, budget: Budget, tolerances: dict, cases: list, out: Path,
-             frame_pipes: TurnPipes | None) -> tuple[list[dict], dict | None]:
-    """Every case in turn; `frame_pipes` when pairs are frame-interleaved, else None."""
+             frame_pipes: TurnPipes | None, tables: list[dict]) -> tuple[list[dict], dict | None]:
+    """Every case in turn; `frame_pipes` when pairs are frame-interleaved, else None. A case that
+    regressed (every case, with --profile) is profiled on both stacks into `tables`."""
     device_type = setups["after"]["device"]["type"]
     results, spent = [], 0.0
     for i, case in enumerate(cases):
@@ -234,6 +242,13 @@ def _compare(sides, setups, args, budget: Budget, tolerances: dict, cases: list,
             return results, {"case": case.id, "side": exc.side, "error": str(exc), "log": str(out / f"worker-{exc.side}.log")}
         spent += result.seconds
         results.append(result.as_dict())
+        if args.profile_rounds and (args.profile or result.decision == "REGRESSED"):
+            try:
+                tables.append(profiled.profile_case(case, sides, args.profile_rounds, out, progress=lambda line: print(line, flush=True)))
+            except (WorkerError, KeyError, TypeError) as exc:  # the timing stands; the report says why the attribution is missing
+                why = str(exc) if isinstance(exc, WorkerError) else f"a worker's profile reply was not understood ({type(exc).__name__}: {exc})"
+                results[-1]["attribution_error"] = why
+                print(f"  {case.id}: profiling failed: {why}", flush=True)
     return results, None
 
 
@@ -249,12 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         pipes.started()
         setups, failure = _setup(sides, args, pythons)
         interleave = interleave_mode(args.interleave, setups["after"]["device"]["type"])
-        results = []
+        results, tables = [], []
         if failure is None:
             a = setups["after"]
             print(f"csm-conformance ab: {_kind(setups)}; model {a['identity']['key']} on {a['device']['device']} ({a['device']['name']}); "
                   f"{len(cases)} case(s), {budget.describe()}", flush=True)
-            results, failure = _compare(sides, setups, args, budget, tolerances, cases, out, pipes if interleave == "frame" else None)
+            results, failure = _compare(sides, setups, args, budget, tolerances, cases, out, pipes if interleave == "frame" else None, tables)
     except (BadInput, ValueError, WorkloadError, WorkerError) as exc:
         print(f"csm-conformance ab: {exc}", file=sys.stderr)
         return BAD_INPUT
@@ -283,12 +298,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     doc = report.document(meta, results, failure)
     try:
+        if tables:
+            attribution = profiled.document(tables, {k: meta[k] for k in ("kind", "model", "device", "dtype")} | {"output": str(out)})
+            profiled.write(out, attribution)
+            doc["attribution"] = {"file": "attribution.json", "case": attribution["case"], "headline": attribution["headline"],
+                                  "open": profiled.open_commands(attribution["cases"][0]["traces"], a["device"]["type"], out)}
         report.write(out, doc)
     except OSError as exc:
         print(f"csm-conformance ab: cannot write the report to {out} ({exc.strerror or exc})", file=sys.stderr)
         return BAD_INPUT
     print(f"csm-conformance ab: {doc['verdict']}" + (f" ({'; '.join(doc['reasons'][:3])})" if doc["reasons"] else ""))
-    print(f"report: {out / 'ab.md'}")
+    for line in (doc.get("attribution") or {}).get("headline", []):
+        print(f"  where: {line}")
+    print(f"report: {out / 'ab.md'}" + (f" and {out / 'attribution.md'}" if doc.get("attribution") else ""))
     return EXIT[doc["verdict"]]
 
 

@@ -10,8 +10,9 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from csm_conformance.performance import paired_stats as stats
 from csm_conformance.performance.baselines import tolerance_for
-from csm_conformance.tools.ab import stats, workers
+from csm_conformance.tools.ab import workers
 from csm_conformance.tools.ab.figures import FIGURES, figures_for, log_slowdown, round_figures
 from csm_conformance.tools.ab.workers import WorkerError, WorkerProcess
 

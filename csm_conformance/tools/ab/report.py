@@ -57,10 +57,20 @@ def stack_lines(doc: dict) -> list[str]:
     return ["Stack, before -> after:" if rows else "Stack:", "", *diff_markdown(rows), ""]
 
 
+def attribution_lines(doc: dict) -> list[str]:
+    """Where the time went (attribution.md's first lines), right under the verdict."""
+    found = doc.get("attribution")
+    if not found:
+        return []
+    return ([f"Where the time went ({found['case']}, paired profiles; [attribution.md](attribution.md)):", ""]
+            + [f"{i}. {line}" for i, line in enumerate(found["headline"], 1)] + [""]
+            + [f"Traces: {line}" for line in found.get("open", [])] + [""])
+
+
 def to_markdown(doc: dict) -> str:
     b, a = doc["before"], doc["after"]
     head = doc["verdict"] + (f" ({'; '.join(doc['reasons'][:3])}{' ...' if len(doc['reasons']) > 3 else ''})" if doc["reasons"] else "")
-    lines = [f"# A/B performance: {head}", "",
+    lines = [f"# A/B performance: {head}", "", *attribution_lines(doc),
              f"- model: {doc['model'].get('key')} ({doc['model'].get('claim', '?')})",
              f"- device: {doc['device'].get('device')} ({doc['device'].get('name')}), dtype {doc['dtype']}",
              f"- before: `{b['python']}` ({', '.join(f'{k} {v}' for k, v in b['versions'].items()) or 'versions unknown'})"
@@ -98,18 +108,18 @@ def to_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _finite(value):
+def finite(value):
     """JSON has no NaN or infinity: what is not a finite number is written as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
 def write(out: Path, doc: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ab.json").write_text(json.dumps(_finite(doc), indent=1, allow_nan=False) + "\n")
+    (out / "ab.json").write_text(json.dumps(finite(doc), indent=1, allow_nan=False) + "\n")
     (out / "ab.md").write_text(to_markdown(doc))

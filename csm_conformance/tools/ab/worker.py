@@ -6,7 +6,7 @@ on PYTHONPATH, so both sides run the same harness and only the stack under it di
 JSON lines: one request on stdin, one reply on the protocol stream (the process's original stdout;
 fd 1 is pointed at stderr so that nothing a library prints can corrupt the protocol).
 
-Requests: setup, prepare, round, memory, quit. Every reply has "ok"; a failed request has
+Requests: setup, prepare, round, profile, memory, quit. Every reply has "ok"; a failed request has
 "error", one line. Timings reuse the stored gate's code (timing.generate_round: the streamer's
 frame stamps, a synchronize before and after), so the two gates measure the same thing.
 """
@@ -119,6 +119,16 @@ class Worker:
         return {"wall_s": r.wall_s, "ttfa_s": r.ttfa_s, "prefill_s": r.prefill_s,
                 "frame_median_s": timing.median(r.frame_intervals_s), "frame_p90_s": timing.percentile(r.frame_intervals_s, 90),
                 "frames": self.case.workload.frames, "batch": self.case.batch, "intervals_s": r.frame_intervals_s}
+
+    def profile(self, shapes: bool = False, trace_dir: str | None = None) -> dict:
+        """One profiled round of the prepared case (op_profile.profile_round), a fixed number of
+        frames; `shapes` and `trace_dir` for the labelling round, whose trace is kept."""
+        from csm_conformance.performance import op_profile
+
+        frames = op_profile.profile_frames(self.case.workload.frames)
+        summary = op_profile.profile_round(self.loaded, self.inputs, frames, self.seed, shapes=shapes, trace_dir=trace_dir,
+                                           marks=self.case.mode != "compiled")
+        return {"summary": summary}
 
     def memory(self) -> dict:
         """Peak memory of one untimed round: the allocator's peak on accelerators; on the CPU the

@@ -49,10 +49,19 @@ def _why(v: Verdict, why: list[str]) -> list[str]:
     return lines + [f"- {found.line}" for found in v.operators if found.case not in said]
 
 
+def _where(v: Verdict) -> list[str]:
+    """Where the A/B's time went (its paired profiles' first lines), right under the headline."""
+    found = (v.ab or {}).get("attribution")
+    if not found:
+        return []
+    return ([f"Where the time went ({found['case']}, paired profiles of both stacks; attribution.md beside ab.json):", ""]
+            + [f"{i}. {line}" for i, line in enumerate(found["headline"], 1)] + [""])
+
+
 def to_markdown(v: Verdict) -> str:
     b, a = v.before, v.after
     summary = across_cases(v.operators)
-    lines = [f"# Upgrade verdict: {v.headline}", ""] + ([f"- {summary}"] if summary else []) \
+    lines = [f"# Upgrade verdict: {v.headline}", ""] + _where(v) + ([f"- {summary}"] if summary else []) \
         + ([f"- {found.line}" for found in v.operators] + [""] if v.operators else [])
     lines += ["## What changed in the stack", "", v.stack_note, ""]
     if v.stack_diff:
@@ -129,6 +138,7 @@ def to_json(v: Verdict) -> dict:
         "accuracy": [{"case": r.case, "check": r.check, "before": r.before, "after": r.after} for r in v.accuracy],
         "performance_method": v.performance_method,
         "ab": v.ab,
+        "attribution": (v.ab or {}).get("attribution"),
         "performance": [{"case": r.case, "verdict": r.verdict, "before": (r.before or {}).get("figures"),
                          "after": (r.after or {}).get("figures"), "comparisons": [c.as_dict() for c in r.comparisons]} for r in v.performance],
     }

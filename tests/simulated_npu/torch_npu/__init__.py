@@ -21,6 +21,7 @@ SIMULATED = True  # real torch_npu has no such attribute: code can test for the 
 from . import npu  # noqa: E402,F401  (renames PrivateUse1 to "npu" and registers torch.npu)
 from . import _tensor  # noqa: E402,F401  (the tensor type and its factory kernels)
 from ._tensor import NpuTensor  # noqa: E402,F401
+from . import profiler  # noqa: E402,F401  (torch_npu.profiler over torch.profiler, writing the *_ascend_pt layout)
 
 
 def _not_simulated(name: str):
