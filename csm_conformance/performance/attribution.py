@@ -25,7 +25,6 @@ from csm_conformance.performance import paired_stats
 from csm_conformance.performance.op_profile import split_key
 
 FLOOR = {"ratio": 0.10, "share_of_frame": 0.005, "alpha": 0.05}
-GROWING = ("grew", "new", "calls changed")
 HOST_ROWS = {"wall_us": "wall time", "operators_host_us": "host time in operators",
              "outside_operators_us": "host time outside operators (Python, framework)", "device_busy_us": "device busy"}
 
@@ -45,12 +44,18 @@ def _row(before: list[float], after: list[float], calls: tuple[float, float] | N
             else [math.log(y / b) for y in after if y > 0 and b > 0])
     interval = paired_stats.ratio_interval(logs, floor["alpha"]) if logs else None
     delta = a - b
+    finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731  (JSON, and stored baselines, hold no inf)
     row = {"before_us_per_frame": b, "after_us_per_frame": a, "delta_us_per_frame": delta,
-           "ratio": interval.estimate if interval else None, "low": interval.low if interval else None,
-           "high": interval.high if interval else None}
+           "ratio": finite(interval.estimate) if interval else None, "low": finite(interval.low) if interval else None,
+           "high": finite(interval.high) if interval else None}
     big = abs(delta) > floor["share_of_frame"] * frame_us
+    all_before, all_after = all(x > 0 for x in before), all(y > 0 for y in after)
     if calls is not None and round(calls[0], 3) != round(calls[1], 3):
         row["decision"] = "new" if calls[0] == 0 else "gone" if calls[1] == 0 else "calls changed"
+    elif big and b == 0 and all_after:  # time where there was none (device work moved here, or host work added)
+        row["decision"] = "grew"
+    elif big and a == 0 and all_before:
+        row["decision"] = "shrank"
     elif interval and interval.low > 1 + floor["ratio"] and big and delta > 0:
         row["decision"] = "grew"
     elif interval and interval.high < 1 / (1 + floor["ratio"]) and big and delta < 0:
@@ -60,10 +65,18 @@ def _row(before: list[float], after: list[float], calls: tuple[float, float] | N
     return row
 
 
+def _growing(row: dict) -> bool:
+    return row["decision"] in ("grew", "new") or (row["decision"] == "calls changed" and row["calls_after"] > row["calls_before"])
+
+
 def _order(rows: list[dict]) -> list[dict]:
-    """Named rows first (grew, new, changed calls; then gone, shrank), each by what it added to a frame."""
-    rank = lambda r: 0 if r["decision"] in GROWING else 2 if r["decision"] == "unchanged" else 1  # noqa: E731
-    return sorted(rows, key=lambda r: (rank(r), -r["delta_us_per_frame"]))
+    """Named rows first: what grew (more time, a new call, more calls) by what it added to a frame,
+    largest first; then what shrank or lost calls, largest reduction first; then the rest."""
+    def key(r):
+        if r["decision"] == "unchanged":
+            return (2, -r["delta_us_per_frame"])
+        return (0, -r["delta_us_per_frame"]) if _growing(r) else (1, r["delta_us_per_frame"])
+    return sorted(rows, key=key)
 
 
 def compare(before: list[dict], after: list[dict], paired: bool = True, floor: dict | None = None) -> dict:
@@ -78,6 +91,14 @@ def compare(before: list[dict], after: list[dict], paired: bool = True, floor: d
         op, module = split_key(key)
         calls = (_median(values(before, "operators", key, "calls")), _median(values(after, "operators", key, "calls")))
         row = _row(values(before, "operators", key, field), values(after, "operators", key, field), calls, paired, frame_us, floor)
+        if field == "device_us":  # on an accelerator the host side is judged too: slower dispatch, a fallback to the CPU
+            host = _row(values(before, "operators", key, "us"), values(after, "operators", key, "us"), calls, paired, frame_us, floor)
+            row.update(host_before_us_per_frame=host["before_us_per_frame"], host_after_us_per_frame=host["after_us_per_frame"],
+                       judged_by="device")
+            if row["decision"] not in ("grew", "new", "gone", "calls changed") and host["decision"] != "unchanged" and \
+                    (host["decision"] == "grew" or row["decision"] == "unchanged"):  # a slower host side (a fallback) outranks its device side
+                row.update({k: host[k] for k in ("before_us_per_frame", "after_us_per_frame", "delta_us_per_frame", "ratio", "low",
+                                                 "high", "decision")}, judged_by="host")
         shapes = next((r["operators"][key].get("shapes") for r in before + after if r["operators"].get(key, {}).get("shapes")), "")
         operators.append({"name": op, "shapes": shapes, "module": module, **row, "calls_before": calls[0], "calls_after": calls[1]})
     modules = []
@@ -106,7 +127,8 @@ def _ms(us: float) -> str:
 def describe(row: dict, section: str) -> str:
     """One row as a line a reader takes in at once."""
     if section == "operators":
-        what = f"operator {row['name']} at {row['module'] or '?'}" + (f" ({row['shapes']})" if row.get("shapes") else "")
+        what = (f"operator {row['name']} at {row['module'] or '?'}" + (f" ({row['shapes']})" if row.get("shapes") else "")
+                + (" host time" if row.get("judged_by") == "host" else ""))
     elif section == "modules":
         what = f"module {row['module']} (host time outside its operators)"
     else:

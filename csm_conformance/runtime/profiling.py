@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import torch
@@ -163,7 +164,10 @@ def kineto_events(results, shapes: bool) -> list[Event]:
     # microsecond in a float, and an operator would seem to end before the one it called
     base = results.trace_start_ns() if hasattr(results, "trace_start_ns") else min((e.start_ns() for e in raw), default=0)
     for e in raw:
-        kind = _kind_of_activity(str(e.activity_type()), str(e.device_type()) not in ("DeviceType.CPU", "cpu"))
+        activity = str(e.activity_type())
+        if "user_annotation" in activity and activity != "user_annotation":
+            continue  # gpu_user_annotation: a range's shadow on the device timeline, not device work
+        kind = _kind_of_activity(activity, str(e.device_type()) not in ("DeviceType.CPU", "cpu"))
         if kind is None:
             continue
         name = e.name()
@@ -180,6 +184,20 @@ def _shape_text(shapes) -> str:
     return "; ".join("x".join(map(str, s)) if s else "-" for s in shapes) if shapes else ""
 
 
+def _number(text) -> int:
+    """A trace id as an int; a non-numeric one (some traces write strings) as a stable hash."""
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        return hash(str(text)) & 0x7FFFFFFFFFFF
+
+
+def _stamp(text) -> Decimal:
+    """A trace time, exactly: torch_npu writes microseconds since the epoch as strings with three
+    decimals (and a kernel's may end in a tab); a float there keeps only a quarter microsecond."""
+    return Decimal(str(text).strip())
+
+
 def chrome_events(path: Path) -> list[Event]:
     """A Chrome/Perfetto trace's complete events ("ph": "X") as Events: torch's export, and
     torch_npu's trace_view.json. The latter is a bare list with times as strings in microseconds;
@@ -190,31 +208,34 @@ def chrome_events(path: Path) -> list[Event]:
     raw = data.get("traceEvents", []) if isinstance(data, dict) else data
     hardware = {e.get("pid") for e in raw if e.get("ph") == "M" and e.get("name") == "process_name"
                 and str((e.get("args") or {}).get("name", "")).startswith("Ascend Hardware")}
-    flow_ends = {(e.get("pid"), e.get("tid"), float(e["ts"])): int(e.get("id", 0)) for e in raw
+    flow_ends = {(e.get("pid"), e.get("tid"), _stamp(e["ts"])): _number(e.get("id", 0)) for e in raw
                  if e.get("ph") == "f" and e.get("cat") == "async_npu" and "ts" in e}
-    base = min((float(e["ts"]) for e in raw if e.get("ph") == "X" and "ts" in e), default=0.0)  # see kineto_events
+    base = min((_stamp(e["ts"]) for e in raw if e.get("ph") in ("X", "s") and "ts" in e), default=Decimal(0))
     out = []
     for e in raw:
         ph, args, name = e.get("ph"), e.get("args") or {}, str(e.get("name", ""))
-        if ph == "s" and e.get("cat") == "async_npu":  # a launch point on the host: the operator around it owns the kernel
-            start = float(e["ts"]) - base
-            out.append(Event("launch", "launch", start, start, int(e.get("tid", 0)), int(e.get("id", 0)), "", len(out)))
+        if ph == "s" and e.get("cat") == "async_npu" and "ts" in e:  # a launch point: the operator around it owns the kernel
+            start = float(_stamp(e["ts"]) - base)
+            out.append(Event("launch", "launch", start, start, _number(e.get("tid", 0)), _number(e.get("id", 0)), "", len(out)))
             continue
-        if ph != "X":
+        if ph != "X" or "ts" not in e:
             continue
         cat = str(e.get("cat", "")).lower()
-        kind = "device" if e.get("pid") in hardware else "mark" if name.startswith(MARK) else _kind_of_activity(cat, False)
+        on_hardware = e.get("pid") in hardware
+        kind = "device" if on_hardware else "mark" if name.startswith(MARK) else _kind_of_activity(cat, False)
         if kind is None or (kind == "mark" and not name.startswith(MARK)):
             continue
-        start = float(e.get("ts", 0)) - base
-        if kind == "device" and e.get("pid") in hardware:
-            link = flow_ends.get((e.get("pid"), e.get("tid"), float(e.get("ts", 0))), 0)
+        stamp = _stamp(e["ts"])
+        start = float(stamp - base)
+        if on_hardware:
+            link = flow_ends.get((e.get("pid"), e.get("tid"), stamp), 0)
         else:
-            link = args.get("correlation", 0) if kind in ("launch", "device") else 0
+            link = _number(args.get("correlation", 0)) if kind in ("launch", "device") else 0
         dims = args.get("Input Dims", args.get("Input Shapes"))
         shapes = _shape_text(dims) if isinstance(dims, list) else str(dims or "").replace(";\r\n", "; ").replace(",", "x").strip("; ")
-        out.append(Event(name, kind, start, start + float(e.get("dur", 0)), int(e.get("tid", 0)) if kind != "device" else -1,
-                         int(link or 0), shapes, int(args.get("External id", args.get("Sequence number", len(out))) or len(out))))
+        order = args.get("External id", args.get("Sequence number"))
+        out.append(Event(name, kind, start, start + float(e.get("dur", 0)), _number(e.get("tid", 0)) if kind != "device" else -1,
+                         link, shapes, _number(order) if order not in (None, -1, "-1") else len(out)))
     return out
 
 

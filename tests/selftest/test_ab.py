@@ -153,6 +153,10 @@ FAKE = textwrap.dedent('''\
                      "frames": 32, "batch": 1, "intervals_s": [f] * 31, "turns": bool(req.get("turns"))}}
         elif op == "memory":
             reply = {{"peak_bytes": 100 * 2**20, "method": "fake"}}
+        elif op == "profile" and fail == side + "-profile-exit":
+            sys.exit(5)
+        elif op == "profile" and fail == side + "-profile":
+            print(json.dumps({{"ok": False, "error": "RuntimeError: the profiler could not start"}}), flush=True); continue
         elif op == "profile":  # op_profile's summary: aten::silu takes FAKE_SLOWDOWN x its time on the after side
             k = slowdown if side == "after" else 1.0
             jitter = lambda us: us * rng.lognormvariate(0, noise)
@@ -218,6 +222,25 @@ def test_a_slower_candidate_is_regressed_with_its_ratio(tmp_path, monkeypatch, f
     assert any(line.startswith("  where: operator aten::silu at mlp.act_fn") for line in out)
 
 
+def test_a_profiler_that_fails_leaves_the_verdict_and_says_so(tmp_path, monkeypatch, fake_python, capsys):
+    code, doc = run_ab(tmp_path, monkeypatch, fake_python, "--tolerance", "time=5%", slowdown=1.2, fail="after-profile")
+    assert (code, doc["verdict"]) == (1, "REGRESSED") and "attribution" not in doc
+    assert doc["cases"][0]["attribution_error"] == "after: the worker refused 'profile': RuntimeError: the profiler could not start" or \
+        "the profiler could not start" in doc["cases"][0]["attribution_error"]
+    md = (tmp_path / "ab" / "ab.md").read_text().splitlines()
+    assert md[2].startswith("Where the time went: not known (short_32t-b1-eager: profiling failed: ") and "could not start" in md[2]
+    assert any("where: short_32t-b1-eager: profiling failed" in line for line in capsys.readouterr().out.splitlines())
+
+
+def test_a_worker_that_dies_while_profiling_stops_the_run_as_inconclusive(tmp_path, monkeypatch, fake_python):
+    """The profiler, not the timed stack, failed: no REGRESSED for a crash, and the cases left
+    untimed make it INCONCLUSIVE, with the reason."""
+    code, doc = run_ab(tmp_path, monkeypatch, fake_python, "--tolerance", "time=5%", "--profile", "--batch", "4",
+                       slowdown=1.0, fail="after-profile-exit")
+    assert (code, doc["verdict"]) == (3, "INCONCLUSIVE") and len(doc["cases"]) == 1, doc["reasons"]
+    assert "worker died while profiling, so the cases after it were not timed" in doc["reasons"][0]
+
+
 def test_a_safe_run_is_not_profiled_unless_asked(tmp_path, monkeypatch, fake_python, capsys):
     code, doc = run_ab(tmp_path, monkeypatch, fake_python, "--tolerance", "time=5%", slowdown=1.0)
     assert code == 0 and "attribution" not in doc and not (tmp_path / "ab" / "attribution.json").exists()
@@ -251,6 +274,8 @@ def test_a_stack_that_crashes_while_timing_is_judged_not_bad_input(tmp_path, mon
     ([], "both", "before: ModelError: no model at /nowhere; after: ModelError: no model at /nowhere"),
     (["--pin-cpu", "999"], "", "--pin-cpu 999: this process may use cores"),
     (["--pin-cpu", "fast"], "", "--pin-cpu 'fast': use auto, none or a core number"),
+    (["--profile-rounds", "3"], "", "--profile-rounds 3: use 6 or more (fewer rounds can never decide a row)"),
+    (["--profile", "--profile-rounds", "0"], "", "--profile-rounds 0: use 6 or more"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, fake_python, capsys, args, fail, message):
     code, doc = run_ab(tmp_path, monkeypatch, fake_python, *args, fail=fail)

@@ -20,7 +20,7 @@ from csm_conformance.faults.op_kernel import slow_environment
 from csm_conformance.faults.spec import check_spec
 from csm_conformance.performance import attribution, stored_profile
 from csm_conformance.performance.op_profile import OUTSIDE, summarize
-from csm_conformance.runtime.profiling import Event, chrome_events, folded
+from csm_conformance.runtime.profiling import Event, chrome_events, folded, kineto_events
 
 pytestmark = pytest.mark.selftest
 
@@ -83,21 +83,59 @@ def test_torch_npus_trace_view_is_read_with_its_kernels_and_module_ranges(tmp_pa
     trace = [
         {"ph": "M", "name": "process_name", "pid": host, "args": {"name": "Python"}},
         {"ph": "M", "name": "process_name", "pid": hw, "args": {"name": "Ascend Hardware"}},
-        {"ph": "X", "name": "module:backbone_model.layers.*.mlp", "pid": host, "tid": 7, "ts": "1700000000000.000", "dur": 100.0, "cat": "cpu_op"},
-        {"ph": "X", "name": "aten::silu", "pid": host, "tid": 7, "ts": "1700000000010.000", "dur": 20.0, "cat": "cpu_op",
+        {"ph": "X", "name": "module:backbone_model.layers.*.mlp", "pid": host, "tid": 7, "ts": "1733300000000000.000", "dur": 100.0, "cat": "cpu_op"},
+        {"ph": "X", "name": "aten::silu", "pid": host, "tid": 7, "ts": "1733300000000010.000", "dur": 20.0, "cat": "cpu_op",
          "args": {"Input Dims": "1,21,128;\r\n", "Sequence number": -1}},
-        {"ph": "s", "name": "torch_to_npu", "cat": "async_npu", "id": 555, "pid": host, "tid": 7, "ts": "1700000000015.000", "bp": "e"},
-        {"ph": "f", "name": "torch_to_npu", "cat": "async_npu", "id": 555, "pid": hw, "tid": 3, "ts": "1700000000050.000\t", "bp": "e"},
-        {"ph": "X", "name": "Swish_AIV", "pid": hw, "tid": 3, "ts": "1700000000050.000\t", "dur": 30.0, "args": {"Task Type": "AI_VECTOR_CORE"}},
+        {"ph": "s", "name": "torch_to_npu", "cat": "async_npu", "id": 555, "pid": host, "tid": 7, "ts": "1733300000000015.000", "bp": "e"},
+        {"ph": "f", "name": "torch_to_npu", "cat": "async_npu", "id": 555, "pid": hw, "tid": 3, "ts": "1733300000000050.000\t", "bp": "e"},
+        {"ph": "X", "name": "Swish_AIV", "pid": hw, "tid": 3, "ts": "1733300000000050.000\t", "dur": 30.0, "args": {"Task Type": "AI_VECTOR_CORE"}},
     ]
+    # two operators back to back, 0.1 us apart, at a real epoch time: a float of the absolute time
+    # (a quarter microsecond apart at 1.7e15) would nest the second inside the first
+    trace += [{"ph": "X", "name": name, "pid": host, "tid": 7, "ts": ts, "dur": 0.2, "cat": "cpu_op"}
+              for name, ts in (("aten::view", "1733300000000031.100"), ("aten::add", "1733300000000031.400"))]
     path = tmp_path / "trace_view.json"
     path.write_text(json.dumps(trace))
     events = chrome_events(path)
-    assert sorted(e.kind for e in events) == ["device", "launch", "mark", "op"]
+    assert sorted(e.kind for e in events) == ["device", "launch", "mark", "op", "op", "op"]
+    assert {k.split("|")[0] for k in summarize(events, 1, 200)["operators"]} == {"aten::silu", "aten::view", "aten::add"}
     s = summarize(events, frames=1, wall_us=200)
     row = s["operators"]["aten::silu|backbone_model.layers.*.mlp"]
     assert row["device_us"] == 30 and row["us"] == 20 and row["shapes"] == "1x21x128"
     assert s["host_device"]["device_busy_us"] == 30
+
+
+def test_gpu_shadows_of_module_ranges_are_not_device_work():
+    """On CUDA each record_function range also appears on the device timeline (gpu_user_annotation):
+    it must not count as a kernel nor as device busy time."""
+    class Raw:
+        def __init__(self, name, activity, device, start, dur, corr=0, linked=0):
+            self._v = (name, activity, device, start, dur, corr, linked)
+
+        def name(self): return self._v[0]  # noqa: E704
+        def activity_type(self): return self._v[1]  # noqa: E704
+        def device_type(self): return self._v[2]  # noqa: E704
+        def start_ns(self): return self._v[3]  # noqa: E704
+        def duration_ns(self): return self._v[4]  # noqa: E704
+        def correlation_id(self): return self._v[5]  # noqa: E704
+        def linked_correlation_id(self): return self._v[6]  # noqa: E704
+        def start_thread_id(self): return 1  # noqa: E704
+        def shapes(self): return []  # noqa: E704
+
+    class Results:
+        def events(self):
+            return [Raw("module:mlp", "user_annotation", "DeviceType.CPU", 0, 100_000, 1),
+                    Raw("aten::mm", "cpu_op", "DeviceType.CPU", 10_000, 20_000, 2),
+                    Raw("cudaLaunchKernel", "cuda_runtime", "DeviceType.CPU", 12_000, 5_000, 3),
+                    Raw("gemm", "kernel", "DeviceType.CUDA", 40_000, 30_000, 0, 3),
+                    Raw("module:mlp", "gpu_user_annotation", "DeviceType.CUDA", 40_000, 60_000)]
+
+        def trace_start_ns(self):
+            return 0
+
+    s = summarize(kineto_events(Results(), False), 1, 200)
+    assert s["operators"] == {"aten::mm|mlp": {"us": 20.0, "calls": 1.0, "device_us": 30.0, "shapes": ""}}
+    assert s["host_device"]["device_busy_us"] == 30.0
 
 
 # ---- two sides compared ----------------------------------------------------------------------
@@ -148,6 +186,40 @@ def test_python_time_between_operators_is_the_modules_and_the_hosts_not_an_opera
     outside = next(r for r in table["host_device"] if r["what"].startswith("host time outside"))
     assert outside["decision"] == "grew"
     assert attribution.headline(table)[0].startswith("module backbone (host time outside its operators)")
+
+
+def test_on_an_accelerator_a_fallback_to_the_host_is_named():
+    """Operators are compared by device time where the device reports kernels; an operator whose
+    kernel moved to the CPU (no device time, more host time) is named by its host time."""
+    def device(rounds_, fallback=False):
+        for r in rounds_:
+            r["host_device"]["device_busy_us"] = 1000.0
+            for row in r["operators"].values():
+                row["device_us"] = row["us"] * 0.5
+            if fallback:
+                silu = r["operators"]["aten::silu|mlp.act_fn"]
+                silu["device_us"], silu["us"] = 0.0, silu["us"] * 6
+        return rounds_
+    table = attribution.compare(device(rounds(8, 1)), device(rounds(8, 2), fallback=True))
+    first = table["operators"][0]
+    assert (first["name"], first["decision"], first["judged_by"]) == ("aten::silu", "grew", "host"), first
+    assert "host time" in attribution.describe(first, "operators") and table["time"].startswith("device time")
+
+
+def test_a_profiler_that_fails_in_the_stored_gate_is_one_line_and_keeps_the_verdict(monkeypatch):
+    from types import SimpleNamespace
+
+    from csm_conformance.results import Status
+
+    def broken(*_a, **_k):
+        raise RuntimeError("the profiler could not start\nsecond line")
+
+    monkeypatch.setattr(stored_profile, "profile", broken)
+    result = SimpleNamespace(status=Status.REGRESSED, info={}, messages=[])
+    run = SimpleNamespace(settings=SimpleNamespace(csm_profile=False), session=SimpleNamespace(target=None))
+    stored_profile.attribute(run, None, None, result, 0)
+    assert result.status is Status.REGRESSED and "operator_profile" not in result.info
+    assert result.messages == ["profiling failed, so no per-operator summary: RuntimeError: the profiler could not start"]
 
 
 def test_the_stored_comparison_uses_the_median_summary_and_a_wider_floor():

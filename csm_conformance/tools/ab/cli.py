@@ -161,8 +161,9 @@ def _arguments(argv):
         least = next(n for n in range(2, 200) if stats._order_statistic_index(n, args.alpha / len(stats.look_schedule(n))) > 0)
         raise BadInput(f"--budget {budget.max_pairs} pairs can never decide at alpha {args.alpha}: use at least {least}")
     ids, modes, batches = tier_selection(args.workloads, args.tier, args.workload, args.mode)
-    if args.profile_rounds < 0 or (args.profile and args.profile_rounds < 6):
-        raise BadInput("--profile-rounds must be >= 0, and >= 6 with --profile (fewer rounds can never decide a row)")
+    if args.profile_rounds < 0 or 0 < args.profile_rounds < 6 or (args.profile and not args.profile_rounds):
+        raise BadInput(f"--profile-rounds {args.profile_rounds}: use 6 or more (fewer rounds can never decide a row), or 0 to never profile "
+                       "(not with --profile)")
     if args.warmup < 0 or ("compiled" in modes and args.warmup < 1):
         raise BadInput("--warmup must be >= 0, and >= 1 when compiled mode is timed (it compiles there)")
     cases = [c for c in perf_cases(load_workloads(args.workloads), modes, ids, batches) if not args.batch or c.batch in args.batch]
@@ -245,10 +246,14 @@ def _compare(sides, setups, args, budget: Budget, tolerances: dict, cases: list,
         if args.profile_rounds and (args.profile or result.decision == "REGRESSED"):
             try:
                 tables.append(profiled.profile_case(case, sides, args.profile_rounds, out, progress=lambda line: print(line, flush=True)))
-            except (WorkerError, KeyError, TypeError) as exc:  # the timing stands; the report says why the attribution is missing
+            except (WorkerError, KeyError, TypeError) as exc:  # the timing stands; ab.md and the console say why the attribution is missing
                 why = str(exc) if isinstance(exc, WorkerError) else f"a worker's profile reply was not understood ({type(exc).__name__}: {exc})"
                 results[-1]["attribution_error"] = why
                 print(f"  {case.id}: profiling failed: {why}", flush=True)
+                dead = [label for label, side in sides.items() if side.proc.poll() is not None]
+                if dead:  # a worker that died (or was stopped, hung) while profiling cannot time the next case
+                    return results, {"case": case.id, "side": dead[0], "stage": "profiling", "error": why,
+                                     "log": str(out / f"worker-{dead[0]}.log")}
     return results, None
 
 
@@ -297,18 +302,23 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - started,
     }
     doc = report.document(meta, results, failure)
-    try:
-        if tables:
+    if tables:
+        try:
             attribution = profiled.document(tables, {k: meta[k] for k in ("kind", "model", "device", "dtype")} | {"output": str(out)})
             profiled.write(out, attribution)
             doc["attribution"] = {"file": "attribution.json", "case": attribution["case"], "headline": attribution["headline"],
                                   "open": profiled.open_commands(attribution["cases"][0]["traces"], a["device"]["type"], out)}
+        except (OSError, ValueError) as exc:  # the timing's verdict is still written; the attribution's failure beside it
+            doc["attribution_error"] = f"attribution.json not written: {exc}"
+    try:
         report.write(out, doc)
     except OSError as exc:
         print(f"csm-conformance ab: cannot write the report to {out} ({exc.strerror or exc})", file=sys.stderr)
         return BAD_INPUT
     print(f"csm-conformance ab: {doc['verdict']}" + (f" ({'; '.join(doc['reasons'][:3])})" if doc["reasons"] else ""))
     for line in (doc.get("attribution") or {}).get("headline", []):
+        print(f"  where: {line}")
+    for line in report.attribution_errors(doc):
         print(f"  where: {line}")
     print(f"report: {out / 'ab.md'}" + (f" and {out / 'attribution.md'}" if doc.get("attribution") else ""))
     return EXIT[doc["verdict"]]

@@ -27,7 +27,9 @@ def overall(cases: list[dict], failure: dict | None = None) -> tuple[str, list[s
     who = "candidate" if (failure or {}).get("side") == "after" else "current stack"
     what = "could not set up" if (failure or {}).get("case") == "setup" else "failed while timing"
     crashed = [f"{failure['case']}: the {who} {what}: {failure['error']}"] if failure else []
-    if failure and failure["side"] == "after":
+    if failure and failure.get("stage") == "profiling":  # the profiler, not the timed stack, failed: the cases left are untimed
+        crashed = [f"{failure['case']}: the {who}'s worker died while profiling, so the cases after it were not timed: {failure['error']}"]
+    elif failure and failure["side"] == "after":
         return "REGRESSED", crashed
     regressed = [f"{c['case']}: {f['figure']} {_interval(f)} > 1+{f['tolerance']:.0%}"
                  for c in cases for f in c["figures"] if f["decision"] == "REGRESSED"]
@@ -57,14 +59,21 @@ def stack_lines(doc: dict) -> list[str]:
     return ["Stack, before -> after:" if rows else "Stack:", "", *diff_markdown(rows), ""]
 
 
+def attribution_errors(doc: dict) -> list[str]:
+    """Why a case that was to be profiled has no attribution, one line each."""
+    lines = [f"{c['case']}: profiling failed: {c['attribution_error']}" for c in doc.get("cases", []) if c.get("attribution_error")]
+    return lines + ([doc["attribution_error"]] if doc.get("attribution_error") else [])
+
+
 def attribution_lines(doc: dict) -> list[str]:
-    """Where the time went (attribution.md's first lines), right under the verdict."""
-    found = doc.get("attribution")
+    """Where the time went (attribution.md's first lines), right under the verdict; or why not."""
+    found, errors = doc.get("attribution"), attribution_errors(doc)
+    lines = [f"Where the time went: not known ({line})" for line in errors] + ([""] if errors else [])
     if not found:
-        return []
+        return lines
     return ([f"Where the time went ({found['case']}, paired profiles; [attribution.md](attribution.md)):", ""]
             + [f"{i}. {line}" for i, line in enumerate(found["headline"], 1)] + [""]
-            + [f"Traces: {line}" for line in found.get("open", [])] + [""])
+            + [f"Traces: {line}" for line in found.get("open", [])] + [""] + lines)
 
 
 def to_markdown(doc: dict) -> str:
