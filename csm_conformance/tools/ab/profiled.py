@@ -89,7 +89,8 @@ def to_markdown(doc: dict) -> str:
         lines += [f"| {r['what']} | {r['before_us_per_frame']:.1f} | {r['after_us_per_frame']:.1f} | {_ratio(r)} | {r['decision']} |"
                   for r in t["host_device"]]
         if not t.get("module_marks", True):
-            lines += ["", "Compiled mode: modules are not marked (hooks would recompile the graph); operators run under `(outside any module)`."]
+            lines += ["", "Compiled mode: modules are not marked (hooks would recompile the graph), so operators run under `(outside any module)`; "
+                      "on the CPU the compiled graphs' own kernels are not aten calls, and their time is in the host time outside operators."]
         lines += ["", "Traces (one labelling round per side):", ""]
         lines += [f"- `{c}`" for c in open_commands(t["traces"], doc["device"].get("type", ""), Path(doc.get("output", ".")))] + [""]
     return "\n".join(lines) + "\n"
