@@ -99,7 +99,7 @@ def compare(before: list[dict], after: list[dict], paired: bool = True, floor: d
                     (host["decision"] == "grew" or row["decision"] == "unchanged"):  # a slower host side (a fallback) outranks its device side
                 row.update({k: host[k] for k in ("before_us_per_frame", "after_us_per_frame", "delta_us_per_frame", "ratio", "low",
                                                  "high", "decision")}, judged_by="host")
-        shapes = next((r["operators"][key].get("shapes") for r in before + after if r["operators"].get(key, {}).get("shapes")), "")
+        shapes = next((r["operators"][key].get("shapes") for r in after + before if r["operators"].get(key, {}).get("shapes")), "")
         operators.append({"name": op, "shapes": shapes, "module": module, **row, "calls_before": calls[0], "calls_after": calls[1]})
     modules = []
     for key in set().union(*(r["modules"] for r in before + after)):

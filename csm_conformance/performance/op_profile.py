@@ -17,6 +17,7 @@ What a round summary holds ("us" is per frame, "calls" per frame):
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from contextlib import nullcontext
 
 import torch
 
@@ -32,14 +33,16 @@ def profile_frames(workload_frames: int) -> int:
 
 
 @torch.inference_mode()
-def profile_round(loaded, inputs, frames: int, seed: int, shapes: bool = False, trace_dir=None, marks: bool = True) -> dict:
-    """One seeded, fixed-length generation under the device's profiler, summed up per frame.
-    `shapes` records input shapes (slower: used for the labelling round only); `trace_dir` keeps the
-    trace; `marks` names modules (off in compiled mode, where hooks would recompile the graph)."""
+def profile_round(loaded, inputs, case, seed: int, shapes: bool = False, trace_dir=None) -> dict:
+    """One seeded generation of the case's fixed profile_frames() under the device's profiler,
+    summed up per frame. `shapes` records input shapes (slower: used for the labelling round only);
+    `trace_dir` keeps the trace. Modules are named except in compiled mode, where hooks would
+    recompile the graph. The caller has entered the case's generation mode."""
+    frames, marks = profile_frames(case.workload.frames), case.mode != "compiled"
     devices.synchronize(loaded.device)
     torch.manual_seed(seed)
     with Capture(loaded.device, shapes=shapes, trace_dir=trace_dir) as capture:
-        with module_marks(loaded.model) if marks else _nothing():
+        with module_marks(loaded.model) if marks else nullcontext():
             start = clock.now()
             probes.sample_fixed_length(loaded, inputs, frames, output_audio=False)
             devices.synchronize(loaded.device)
@@ -50,12 +53,12 @@ def profile_round(loaded, inputs, frames: int, seed: int, shapes: bool = False, 
     return summary
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def label_shapes(rounds: list[dict], labelled: dict) -> None:
+    """Give each round's operator rows the input shapes of the labelling round (the timed rounds
+    record none: it doubles the profiler's cost)."""
+    for summary in rounds:
+        for key, row in summary["operators"].items():
+            row["shapes"] = labelled["operators"].get(key, {}).get("shapes", "")
 
 
 def summarize(events: list[Event], frames: int, wall_us: float) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 
 from csm_conformance.performance import attribution, timing
-from csm_conformance.performance.op_profile import profile_frames, profile_round
+from csm_conformance.performance.op_profile import label_shapes, profile_round
 from csm_conformance.results import Status
 
 ROUNDS = 6
@@ -23,14 +23,10 @@ TOP_ROWS = 10
 def profile(loaded, inputs, case, seed: int, rounds: int = ROUNDS) -> list[dict]:
     """`rounds` profiled rounds of the case in its mode, after one labelling round (input shapes,
     the profiler's warm-up) whose shapes the rounds take."""
-    frames = profile_frames(case.workload.frames)
-    marks = case.mode != "compiled"
     with timing.generation_mode(loaded, case.mode):
-        labelled = profile_round(loaded, inputs, frames, seed, shapes=True, marks=marks)
-        taken = [profile_round(loaded, inputs, frames, seed, marks=marks) for _ in range(rounds)]
-    for summary in taken:
-        for key, row in summary["operators"].items():
-            row["shapes"] = labelled["operators"].get(key, {}).get("shapes", "")
+        labelled = profile_round(loaded, inputs, case, seed, shapes=True)
+        taken = [profile_round(loaded, inputs, case, seed) for _ in range(rounds)]
+    label_shapes(taken, labelled)
     return taken
 
 

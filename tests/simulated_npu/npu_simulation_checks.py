@@ -172,7 +172,7 @@ def test_a_profiled_round_goes_through_torch_npus_profiler_and_its_trace_view(tm
     loaded, _ = load("tiny", "npu:0", "bfloat16", True)
     (case,) = perf_cases(load_workloads(None), ["eager"], ["short_32t"], (1,))
     inputs = timing.workload_inputs(loaded, case)
-    summary = op_profile.profile_round(loaded, inputs, 4, 0, shapes=True, trace_dir=tmp_path)
+    summary = op_profile.profile_round(loaded, inputs, case, 0, shapes=True, trace_dir=tmp_path)
     trace = Path(summary["trace"])
     assert trace.name.endswith("_ascend_pt") and (trace / "ASCEND_PROFILER_OUTPUT" / "trace_view.json").is_file()
     silu = {k: v for k, v in summary["operators"].items() if k.startswith("aten::silu|")}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from csm_conformance.performance import attribution
-from csm_conformance.performance.op_profile import profile_frames
+from csm_conformance.performance.op_profile import label_shapes, profile_frames
 from csm_conformance.reports import schema as report_schema
 from csm_conformance.tools.ab.report import finite
 
@@ -33,10 +33,9 @@ def profile_case(case, sides: dict, rounds: int, out: Path, progress=print) -> d
     for i in range(rounds):
         for label in (("before", "after") if i % 2 == 0 else ("after", "before")):
             taken[label].append(sides[label].request("profile")["summary"])
+    for label in ("before", "after"):
+        label_shapes(taken[label], labelled[label])
     table = attribution.compare(taken["before"], taken["after"], paired=True)
-    for row in table["operators"]:  # the timed rounds record no shapes (it doubles the profiler's cost): the labelling round's
-        key = f"{row['name']}|{row['module']}"
-        row["shapes"] = next((labelled[s]["operators"][key]["shapes"] for s in ("after", "before") if key in labelled[s]["operators"]), "")
     table.update(case=case.id, frames_per_round=profile_frames(case.workload.frames), traces=traces,
                  module_marks=labelled["after"]["module_marks"], seconds=time.perf_counter() - started)
     progress(f"  {case.id}: profiled {rounds} rounds per side in {table['seconds']:.0f} s; " + " | ".join(attribution.headline(table, 1)))

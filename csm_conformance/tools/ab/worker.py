@@ -125,10 +125,7 @@ class Worker:
         frames; `shapes` and `trace_dir` for the labelling round, whose trace is kept."""
         from csm_conformance.performance import op_profile
 
-        frames = op_profile.profile_frames(self.case.workload.frames)
-        summary = op_profile.profile_round(self.loaded, self.inputs, frames, self.seed, shapes=shapes, trace_dir=trace_dir,
-                                           marks=self.case.mode != "compiled")
-        return {"summary": summary}
+        return {"summary": op_profile.profile_round(self.loaded, self.inputs, self.case, self.seed, shapes=shapes, trace_dir=trace_dir)}
 
     def memory(self) -> dict:
         """Peak memory of one untimed round: the allocator's peak on accelerators; on the CPU the
